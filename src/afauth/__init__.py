@@ -1,0 +1,1 @@
+"""Multi-IdP authenticator for analysis facilities."""

@@ -1,0 +1,1 @@
+"""Analysis-facility spawner for JupyterHub."""

@@ -1,0 +1,18 @@
+"""Volume types: the plugin interface, built-ins, and the entry-point registry."""
+
+from __future__ import annotations
+
+from afspawner.registry import GROUPS, Registry
+from afspawner.volumes.base import Option, VolumeType
+
+
+def _is_volume_type(obj: object) -> bool:
+    return isinstance(obj, type) and issubclass(obj, VolumeType) and bool(obj.name)
+
+
+def volume_types() -> Registry[type[VolumeType]]:
+    """Registry of installed volume types (built-ins are declared as entry points too)."""
+    return Registry(GROUPS["volumes"], "volume type", _is_volume_type)
+
+
+__all__ = ["Option", "VolumeType", "volume_types"]

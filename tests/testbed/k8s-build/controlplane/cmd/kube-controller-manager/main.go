@@ -1,0 +1,13 @@
+// Thin main for kube-controller-manager, built from the Go module proxy for the jupyterhub-af test bed.
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	"k8s.io/kubernetes/cmd/kube-controller-manager/app"
+)
+
+func main() {
+	os.Exit(cli.Run(app.NewControllerManagerCommand()))
+}

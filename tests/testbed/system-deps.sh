@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install the Debian packages the real test bed needs (idempotent, non-interactive).
+#
+# slapd, ldap-utils: OpenLDAP server + client tools. The tests start their own slapd processes on
+# loopback ports (tests/testbed/ldap.py); no system-wide directory server must be configured or left
+# running (it would hold port 389 and is not ours).
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+need=()
+for pkg in slapd ldap-utils; do
+  installed "$pkg" || need+=("$pkg")
+done
+
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  # No initial configuration (no /etc/ldap/slapd.d, no dc=nodomain database) ...
+  echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections
+  # ... and the package's init script must not start a server: /etc/init.d/slapd honours this
+  # sentinel (SLAPD_SENTINEL_FILE in /etc/default/slapd).
+  $SUDO mkdir -p /etc/ldap
+  $SUDO touch /etc/ldap/noslapd
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# If a system-wide slapd runs anyway (an earlier install, systemd), stop it through its own service
+# manager; only the system service is touched, never the test bed's own slapd processes.
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl disable --now slapd.service >/dev/null 2>&1 || true
+elif [ -x /etc/init.d/slapd ] && [ -s /var/run/slapd/slapd.pid ]; then
+  $SUDO /etc/init.d/slapd stop >/dev/null 2>&1 || true
+fi
+
+for bin in /usr/sbin/slapd /usr/sbin/slapadd /usr/bin/ldapsearch; do
+  [ -x "$bin" ] || { echo "system-deps: $bin missing after install" >&2; exit 1; }
+done
