@@ -359,7 +359,9 @@ def _plugin_lookup() -> Callable[[str], type[VolumeType] | str]:
     return lookup
 
 
-def _cross_check(c: _Checker, fac: Facility) -> None:
+def _cross_check(c: _Checker, fac: Facility, declared: Mapping[str, set[str]]) -> None:
+    """References between sections; names that are declared but invalid were already reported."""
+
     def unknown(kind: str, name: str, known: Mapping[str, object]) -> str:
         return f"unknown {kind} '{_short(name)}'; defined: {', '.join(sorted(known)) or 'none'}"
 
@@ -367,7 +369,7 @@ def _cross_check(c: _Checker, fac: Facility) -> None:
         for part in ("quota", "per_user"):
             res: Resources = getattr(vo, part)
             for gname in res.gpus:
-                if gname not in fac.gpu_classes:
+                if gname not in declared["gpu_classes"]:
                     c.err(
                         f"vos.{vo.name}.{part}.gpus.{gname}",
                         unknown("GPU class", gname, fac.gpu_classes),
@@ -393,19 +395,19 @@ def _cross_check(c: _Checker, fac: Facility) -> None:
         if fl.default:
             defaults.append(path)
         for j, vo_name in enumerate(fl.vos):
-            if vo_name not in fac.vos:
+            if vo_name not in declared["vos"]:
                 c.err(f"{path}.vos[{j}]", unknown("VO", vo_name, fac.vos))
         for j, vol in enumerate(fl.volumes):
-            if vol not in fac.volumes:
+            if vol not in declared["volumes"]:
                 c.err(f"{path}.volumes[{j}]", unknown("volume", vol, fac.volumes))
         if len(set(fl.volumes)) != len(fl.volumes):
             c.err(f"{path}.volumes", "lists a volume twice")
         mounts = [fac.volumes[v].mount for v in fl.volumes if v in fac.volumes]
         if len(set(mounts)) != len(mounts):
             c.err(f"{path}.volumes", "two volumes share one mount path")
-        if fl.gpu is not None and fl.gpu.gpu_class not in fac.gpu_classes:
+        if fl.gpu is not None and fl.gpu.gpu_class not in declared["gpu_classes"]:
             c.err(f"{path}.gpu.class", unknown("GPU class", fl.gpu.gpu_class, fac.gpu_classes))
-        elif fl.gpu is not None:
+        elif fl.gpu is not None and fl.gpu.gpu_class in fac.gpu_classes:
             gclass = fac.gpu_classes[fl.gpu.gpu_class]
             if gclass.max_per_user is not None and fl.gpu.count > gclass.max_per_user:
                 c.err(
@@ -459,7 +461,13 @@ def load_facility(data: object, source: str = "facility") -> Facility:
         volumes=frozen_map(volumes),
         flavors=tuple(flavors),
     )
-    _cross_check(c, facility)
+    declared = {
+        key: {k for k in top[key] if isinstance(k, str)}
+        if isinstance(top.get(key), Mapping)
+        else set()
+        for key in ("vos", "gpu_classes", "volumes")
+    }
+    _cross_check(c, facility, declared)
     if c.issues:
         raise FacilityError(c.issues, source)
     return facility

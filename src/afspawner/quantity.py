@@ -103,7 +103,8 @@ def format_memory(nbytes: int) -> str:
 
 def human_cpu(millis: int) -> str:
     """CPU for people: ``2``, ``0.5``."""
-    return format(Decimal(millis) / 1000, "f").rstrip("0").rstrip(".") or "0"
+    text = format(Decimal(millis) / 1000, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def human_memory(nbytes: int) -> str:

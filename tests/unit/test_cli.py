@@ -1,0 +1,54 @@
+"""``afhub check``: exit 0 with a summary, exit 2 with every error."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+from afspawner.cli import main
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "facilities" / "ucsd-cms.yaml"
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_check_valid_file_summarises() -> None:
+    code, out, err = run("check", str(EXAMPLE))
+    assert code == 0, err
+    assert "UCSD CMS analysis facility: 2 VO(s), 4 flavor(s), 2 GPU class(es), 3 volume(s)" in out
+    assert "cms [namespace af-cms]: total cpu 400, memory 1.56Ti, servers 200" in out
+    assert "flavors: cms-el9, cms-gpu-t4, cms-gpu-a100" in out
+    assert "t4: nvidia.com/gpu (whole) on nvidia.com/gpu.product=Tesla-T4" in out
+    assert "cvmfs: cvmfs at /cvmfs (read-only)" in out
+    assert len(out.splitlines()) <= 25  # one screen
+
+
+def test_check_broken_file_lists_every_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "vos: {cms: {quota: {cpu: lots}}}\n"
+        "flavors:\n"
+        "  - {name: a, image: i, cpu: 1, memory: 8GG, gpu: {class: v100}}\n"
+    )
+    code, out, err = run("check", str(broken))
+    assert code == 2
+    assert out == ""
+    assert f"{broken}: 3 error(s)" in err
+    assert "vos.cms.quota.cpu: 'lots' is not a Kubernetes quantity" in err
+    assert "flavors[0].memory: '8GG' is not a Kubernetes quantity" in err
+    assert "flavors[0].gpu.class: unknown GPU class 'v100'; defined: none" in err
+
+
+def test_console_script_is_installed(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "afhub"
+    missing = tmp_path / "nope.yaml"
+    proc = subprocess.run([str(exe), "check", str(missing)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 2
+    assert "cannot read" in proc.stderr
