@@ -3,5 +3,7 @@
 from __future__ import annotations
 
 from testbed.k8s import k8s_cluster
+from testbed.ldap import ldap_testbed, ldap_testbed_factory
+from testbed.oidc import oidc_testbed
 
-__all__ = ["k8s_cluster"]
+__all__ = ["k8s_cluster", "ldap_testbed", "ldap_testbed_factory", "oidc_testbed"]

@@ -31,7 +31,6 @@ from testbed.ldap import (
 )
 
 # the ldap_testbed / ldap_testbed_factory fixtures (harmless if the root conftest registers them)
-pytest_plugins = ["testbed.ldap"]
 
 pytestmark = pytest.mark.ldap
 

@@ -29,6 +29,7 @@ PYTEST_DONT_REWRITE (no assertions here; test modules may import this plugin bef
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import ctypes
@@ -44,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -461,6 +463,15 @@ def _answers_ldap(port: int, timeout: float) -> bool:
         return False
 
 
+_LIVE: weakref.WeakSet[LDAPTestbed] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:  # safety net; PDEATHSIG covers a killed interpreter
+    for tb in list(_LIVE):
+        tb.close()
+
+
 def _find_slapd() -> Path:
     for candidate in (shutil.which("slapd"), "/usr/sbin/slapd"):
         if candidate and os.access(candidate, os.X_OK):
@@ -702,6 +713,7 @@ access to *
                 self._proc = None
                 return False
             if _answers_ldap(self.port, 1.0) and _port_open(self.ldaps_port):
+                _LIVE.add(self)
                 self.startup_seconds = time.monotonic() - start
                 return True
             time.sleep(0.02)

@@ -357,6 +357,18 @@ class Issuer {
     this.handler = provider.callback();
   }
 
+  // Static clients are only checked when first used; check them now to fail loudly.
+  async validateClients() {
+    for (const clientId of this.clients.keys()) {
+      try {
+        const client = await this.provider.Client.find(clientId);
+        if (!client) throw new Error('not loaded');
+      } catch (err) {
+        throw new Error(`issuer ${this.name}: client ${clientId}: ${err.error_description ?? err.message}`);
+      }
+    }
+  }
+
   state() {
     return {
       issuer: this.url,
@@ -570,6 +582,7 @@ async function handleControl(issuers, url, req, res) {
       issuer.clients.set(client.client_id, client);
       try {
         issuer.rebuild();
+        await issuer.validateClients();
       } catch (err) {
         if (old) issuer.clients.set(client.client_id, old);
         else issuer.clients.delete(client.client_id);
@@ -690,6 +703,7 @@ async function main() {
   const paths = [...issuers.values()].map((i) => i.path);
   if (new Set(paths).size !== paths.length) throw new Error(`issuer paths collide: ${paths}`);
   await Promise.all([...issuers.values()].map((issuer) => issuer.rotateKey()));
+  await Promise.all([...issuers.values()].map((issuer) => issuer.validateClients()));
   prefixes = [...issuers.values()].sort((a, b) => b.path.length - a.path.length);
 
   const shutdown = () => {
