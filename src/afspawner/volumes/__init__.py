@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from afspawner.registry import GROUPS, Registry
-from afspawner.volumes.base import Option, VolumeType
+from afspawner.volumes.base import Option, RenderContext, Rendered, VolumeType
 
 
 def _is_volume_type(obj: object) -> bool:
@@ -15,4 +15,4 @@ def volume_types() -> Registry[type[VolumeType]]:
     return Registry(GROUPS["volumes"], "volume type", _is_volume_type)
 
 
-__all__ = ["Option", "VolumeType", "volume_types"]
+__all__ = ["Option", "RenderContext", "Rendered", "VolumeType", "volume_types"]

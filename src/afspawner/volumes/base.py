@@ -9,8 +9,9 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+from afspawner.plan import VolumeMount
 from afspawner.quantity import QuantityError, memory_bytes
 
 OptionKind = Literal["str", "path", "template-path", "bool", "quantity", "enum"]
@@ -104,3 +105,26 @@ class VolumeType:
     def check_combination(cls, options: Mapping[str, object]) -> list[tuple[str, str]]:
         """Cross-option rules; override in subclasses."""
         return []
+
+    @classmethod
+    def render(cls, volume: VolumeMount, ctx: RenderContext) -> Rendered:
+        """Kubernetes volume + mount for ``volume``; every type used on Kubernetes overrides it."""
+        raise NotImplementedError(f"volume type '{cls.name}' cannot be used on Kubernetes")
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What a volume type may use to render: object names of this server."""
+
+    namespace: str
+    pod_name: str
+    home_claim: str
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Pod volume and container mount (plain Kubernetes JSON), plus claims to ensure."""
+
+    volume: dict[str, Any]
+    mount: dict[str, Any]
+    claims: tuple[dict[str, Any], ...] = ()

@@ -5,7 +5,38 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from afspawner.volumes.base import Option, VolumeType
+from afspawner.plan import VolumeMount
+from afspawner.quantity import format_memory, memory_bytes
+from afspawner.volumes.base import Option, RenderContext, Rendered, VolumeType
+
+HOST_TO_CONTAINER = "HostToContainer"
+
+
+def _mount(volume: VolumeMount, **extra: object) -> dict[str, object]:
+    return {
+        "name": f"vol-{volume.name}",
+        "mountPath": volume.mount,
+        "readOnly": volume.read_only,
+        **extra,
+    }
+
+
+def _host_path(volume: VolumeMount, path: str, propagation: str | None) -> Rendered:
+    extra = {"mountPropagation": propagation} if propagation and propagation != "None" else {}
+    return Rendered(
+        volume={"name": f"vol-{volume.name}", "hostPath": {"path": path, "type": "Directory"}},
+        mount=_mount(volume, **extra),
+    )
+
+
+def _claim(volume: VolumeMount, claim: str, read_only: bool, **extra: object) -> Rendered:
+    return Rendered(
+        volume={
+            "name": f"vol-{volume.name}",
+            "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only},
+        },
+        mount=_mount(volume, **extra),
+    )
 
 
 class CVMFS(VolumeType):
@@ -25,6 +56,15 @@ class CVMFS(VolumeType):
         if options.get("mode", "hostpath") == "hostpath" and "claim" in options:
             return [("claim", "only used with mode: csi")]
         return []
+
+    @classmethod
+    def render(cls, volume: VolumeMount, ctx: RenderContext) -> Rendered:
+        # autofs-style repositories appear after the pod starts: propagate host mounts
+        if volume.options.get("mode") == "csi":
+            return _claim(
+                volume, str(volume.options["claim"]), True, mountPropagation=HOST_TO_CONTAINER
+            )
+        return _host_path(volume, str(volume.options.get("host_path", "/cvmfs")), HOST_TO_CONTAINER)
 
 
 class CephFS(VolumeType):
@@ -48,6 +88,12 @@ class CephFS(VolumeType):
                 return [("sub_path", problem)]
         return []
 
+    @classmethod
+    def render(cls, volume: VolumeMount, ctx: RenderContext) -> Rendered:
+        sub = volume.options.get("sub_path")
+        extra = {"subPath": sub} if isinstance(sub, str) and sub else {}
+        return _claim(volume, str(volume.options["claim"]), volume.read_only, **extra)
+
 
 class EOS(VolumeType):
     name = "eos"
@@ -55,6 +101,11 @@ class EOS(VolumeType):
     options: ClassVar[Mapping[str, Option]] = {
         "host_path": Option("path", help="node path of the EOS mount; default /var/eos")
     }
+
+    @classmethod
+    def render(cls, volume: VolumeMount, ctx: RenderContext) -> Rendered:
+        path = str(volume.options.get("host_path", "/var/eos"))
+        return _host_path(volume, path, HOST_TO_CONTAINER)
 
 
 class Home(VolumeType):
@@ -65,6 +116,24 @@ class Home(VolumeType):
         "size": Option("quantity", help="size of the claim; default 10Gi"),
     }
 
+    @classmethod
+    def render(cls, volume: VolumeMount, ctx: RenderContext) -> Rendered:
+        size = format_memory(memory_bytes(volume.options.get("size", "10Gi")))
+        spec: dict[str, object] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": size}},
+        }
+        if "storage_class" in volume.options:
+            spec["storageClassName"] = volume.options["storage_class"]
+        claim = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": ctx.home_claim, "namespace": ctx.namespace},
+            "spec": spec,
+        }
+        rendered = _claim(volume, ctx.home_claim, volume.read_only)
+        return Rendered(rendered.volume, rendered.mount, (claim,))
+
 
 class HostPath(VolumeType):
     name = "hostpath"
@@ -73,3 +142,12 @@ class HostPath(VolumeType):
         "host_path": Option("path", required=True),
         "propagation": Option("enum", choices=("None", "HostToContainer")),
     }
+
+    @classmethod
+    def render(cls, volume: VolumeMount, ctx: RenderContext) -> Rendered:
+        propagation = volume.options.get("propagation")
+        return _host_path(
+            volume,
+            str(volume.options["host_path"]),
+            propagation if isinstance(propagation, str) else None,
+        )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from afspawner.volumes import Option, VolumeType
+from afspawner.plan import VolumeMount
+from afspawner.volumes import Option, RenderContext, Rendered, VolumeType
 
 
 class Scratch(VolumeType):
@@ -15,3 +16,15 @@ class Scratch(VolumeType):
         "host_path": Option("path", required=True, help="node directory holding scratch areas"),
         "size": Option("quantity", help="size limit of the area"),
     }
+
+    @classmethod
+    def render(cls, volume: VolumeMount, ctx: RenderContext) -> Rendered:
+        # one directory per server under the node's scratch area
+        path = f"{volume.options['host_path']}/{ctx.pod_name}"
+        return Rendered(
+            volume={
+                "name": f"vol-{volume.name}",
+                "hostPath": {"path": path, "type": "DirectoryOrCreate"},
+            },
+            mount={"name": f"vol-{volume.name}", "mountPath": volume.mount, "readOnly": False},
+        )

@@ -1,0 +1,207 @@
+"""LaunchPlan → Kubernetes objects (plain JSON dicts), as pure functions.
+
+The pod carries labels to find it and an annotation with its reservation, so a restarted hub
+can rebuild its quota ledger from the cluster alone. Hub credentials (the API token) go into
+a per-server Secret consumed with ``envFrom``, not into the pod spec.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from afspawner.names import home_claim_name, label_value, pod_name
+from afspawner.plan import LaunchPlan
+from afspawner.quantity import format_cpu, format_memory
+from afspawner.quota import Reservation, Usage, plan_usage
+from afspawner.registry import PluginError
+from afspawner.volumes import RenderContext, VolumeType, volume_types
+
+LABEL_PREFIX = "af.jupyterhub.org"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "jupyterhub-af"}
+COMPONENT = {"app.kubernetes.io/component": "singleuser-server"}
+RESERVATION_ANNOTATION = f"{LABEL_PREFIX}/reservation"
+USERNAME_ANNOTATION = f"{LABEL_PREFIX}/username"
+SERVER_ANNOTATION = f"{LABEL_PREFIX}/server-name"
+CONTAINER = "notebook"
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """Per-hub settings of the pods (from AFSpawner traits)."""
+
+    namespace: str
+    port: int = 8888
+    cmd: Sequence[str] = ("jupyterhub-singleuser",)
+    args: Sequence[str] = ()
+    hub_env: Mapping[str, str] = field(default_factory=dict)  # secret: goes to the Secret
+    image_pull_policy: str = "IfNotPresent"
+    allow_root: bool = False
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Objects:
+    pod: dict[str, Any]
+    secret: dict[str, Any]
+    claims: tuple[dict[str, Any], ...]
+
+
+def selector_labels(username: str | None = None) -> dict[str, str]:
+    labels = {**MANAGED_BY, **COMPONENT}
+    if username is not None:
+        labels[f"{LABEL_PREFIX}/user"] = label_value(username)
+    return labels
+
+
+def _resources(plan: LaunchPlan) -> dict[str, dict[str, str]]:
+    requests = {"cpu": format_cpu(plan.cpu_millis), "memory": format_memory(plan.memory_bytes)}
+    limits: dict[str, str] = {}
+    if plan.cpu_limit_millis is not None:
+        limits["cpu"] = format_cpu(plan.cpu_limit_millis)
+    if plan.memory_limit_bytes is not None:
+        limits["memory"] = format_memory(plan.memory_limit_bytes)
+    if plan.gpu is not None:  # extended resources: limits must equal requests
+        requests[plan.gpu.resource] = limits[plan.gpu.resource] = str(plan.gpu.count)
+    return {"requests": requests, **({"limits": limits} if limits else {})}
+
+
+def reservation_annotation(plan: LaunchPlan) -> str:
+    usage = plan_usage(plan)
+    return json.dumps(
+        {
+            "vo": plan.vo,
+            "cpu": usage.cpu_millis,
+            "memory": usage.memory_bytes,
+            "gpus": dict(usage.gpus),
+        },
+        sort_keys=True,
+    )
+
+
+def reservation_from_pod(pod: Mapping[str, Any]) -> Reservation | None:
+    """Rebuild a reservation from a pod we created (hub restart); ``None`` if not ours."""
+    meta = pod.get("metadata") or {}
+    ann = meta.get("annotations") or {}
+    try:
+        data = json.loads(ann[RESERVATION_ANNOTATION])
+        gpus = {str(k): int(v) for k, v in (data.get("gpus") or {}).items()}
+        usage = Usage(int(data["cpu"]), int(data["memory"]), 1, gpus)
+        vo = data.get("vo")
+        return Reservation(
+            str(ann[USERNAME_ANNOTATION]),
+            str(ann.get(SERVER_ANNOTATION, "")),
+            str(vo) if vo is not None else None,
+            usage,
+        )
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _security_context(plan: LaunchPlan, allow_root: bool) -> dict[str, Any]:
+    ident = plan.identity
+    ctx: dict[str, Any] = {
+        "runAsUser": ident.uid,
+        "runAsGroup": ident.gid,
+        "fsGroup": ident.gid,
+        "fsGroupChangePolicy": "OnRootMismatch",
+    }
+    if ident.supplemental_gids:
+        ctx["supplementalGroups"] = list(ident.supplemental_gids)
+    if not allow_root:
+        ctx["runAsNonRoot"] = True
+    return ctx
+
+
+def _volume_type(name: str) -> type[VolumeType]:
+    try:
+        return volume_types().load(name)
+    except PluginError as exc:  # validated at load; a plugin uninstalled since then
+        raise ValueError(str(exc)) from exc
+
+
+def make_objects(plan: LaunchPlan, settings: PodSettings) -> Objects:
+    """The Secret, claims and Pod that run ``plan``."""
+    name = pod_name(plan.username, plan.server_name)
+    labels = {
+        **settings.extra_labels,
+        **plan.labels,
+        **selector_labels(plan.username),
+        f"{LABEL_PREFIX}/flavor": plan.flavor,
+        f"{LABEL_PREFIX}/server": label_value(plan.server_name) or "default",
+    }
+    if plan.vo:
+        labels[f"{LABEL_PREFIX}/vo"] = plan.vo
+    if plan.gpu:
+        labels[f"{LABEL_PREFIX}/gpu-class"] = label_value(plan.gpu.gpu_class)
+    annotations = {
+        USERNAME_ANNOTATION: plan.username,
+        SERVER_ANNOTATION: plan.server_name,
+        RESERVATION_ANNOTATION: reservation_annotation(plan),
+    }
+    ctx = RenderContext(settings.namespace, name, home_claim_name(plan.username))
+    rendered = [_volume_type(v.type).render(v, ctx) for v in plan.volumes]
+    ident = plan.identity
+    env = {
+        **plan.env,
+        "NB_USER": ident.username,
+        "NB_UID": str(ident.uid),
+        "NB_GID": str(ident.gid),
+        "AF_FLAVOR": plan.flavor,
+        **({"AF_VO": plan.vo} if plan.vo else {}),
+    }
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": plan.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(settings.cmd),
+        "args": list(settings.args),
+        "ports": [{"name": "notebook", "containerPort": settings.port}],
+        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+        "envFrom": [{"secretRef": {"name": name}}],
+        "resources": _resources(plan),
+        "volumeMounts": [r.mount for r in rendered],
+    }
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "restartPolicy": "OnFailure",
+        "securityContext": _security_context(plan, settings.allow_root),
+        "containers": [container],
+        "volumes": [r.volume for r in rendered],
+    }
+    if plan.gpu is not None:
+        if plan.gpu.selector:
+            spec["nodeSelector"] = dict(plan.gpu.selector)
+        if plan.gpu.tolerations:
+            spec["tolerations"] = [
+                {
+                    k: v
+                    for k, v in {
+                        "key": t.key,
+                        "operator": t.operator,
+                        "value": t.value,
+                        "effect": t.effect,
+                    }.items()
+                    if v is not None
+                }
+                for t in plan.gpu.tolerations
+            ]
+    meta = {"name": name, "namespace": settings.namespace, "labels": labels}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {**meta, "annotations": annotations},
+        "spec": spec,
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": meta,
+        "stringData": dict(settings.hub_env),
+    }
+    claims = tuple(c for r in rendered for c in r.claims)
+    return Objects(pod=pod, secret=secret, claims=claims)

@@ -1,0 +1,137 @@
+"""Per-VO quota admission with reservations (pure; no I/O).
+
+The ledger holds one reservation per running or starting server. ``admit`` checks the VO's
+totals and the user's caps and records the reservation in the same synchronous call, so
+concurrent spawns on the hub's event loop can never overshoot. ``release`` frees it on stop or
+failure; ``restore`` rebuilds the ledger from the cluster after a hub restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from afspawner.facility import Facility, Resources
+from afspawner.plan import LaunchPlan
+from afspawner.policy import Refusal
+from afspawner.quantity import human_cpu, human_memory
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+    servers: int = 0
+    gpus: Mapping[str, int] = field(default_factory=dict)
+
+    def plus(self, other: Usage) -> Usage:
+        gpus = dict(self.gpus)
+        for name, n in other.gpus.items():
+            gpus[name] = gpus.get(name, 0) + n
+        return Usage(
+            self.cpu_millis + other.cpu_millis,
+            self.memory_bytes + other.memory_bytes,
+            self.servers + other.servers,
+            {k: v for k, v in gpus.items() if v},
+        )
+
+
+def plan_usage(plan: LaunchPlan) -> Usage:
+    gpus = {plan.gpu.gpu_class: plan.gpu.count} if plan.gpu else {}
+    return Usage(plan.cpu_millis, plan.memory_bytes, 1, gpus)
+
+
+def server_key(username: str, server_name: str) -> str:
+    return f"{username}/{server_name}"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    username: str
+    server_name: str
+    vo: str | None
+    usage: Usage
+
+    @property
+    def key(self) -> str:
+        return server_key(self.username, self.server_name)
+
+
+class QuotaRefusal(Refusal):
+    """A spawn that would exceed a VO total or a per-user cap."""
+
+
+def _over(limits: Resources, used: Usage, ask: Usage, who: str, vo: str) -> str | None:
+    """The first limit ``used + ask`` would exceed, as a message; ``None`` when it fits."""
+    checks: list[tuple[str, int | None, int, int, Callable[[int], str]]] = [
+        ("servers", limits.servers, used.servers, ask.servers, str),
+        ("CPU", limits.cpu_millis, used.cpu_millis, ask.cpu_millis, human_cpu),
+        ("memory", limits.memory_bytes, used.memory_bytes, ask.memory_bytes, human_memory),
+    ]
+    checks += [
+        (f"{name} GPUs", limits.gpus.get(name), used.gpus.get(name, 0), n, str)
+        for name, n in ask.gpus.items()
+    ]
+    for what, limit, in_use, wanted, fmt in checks:
+        if limit is None or in_use + wanted <= limit:
+            continue
+        show = fmt
+        left = max(limit - in_use, 0)
+        if what == "servers":
+            return (
+                f"{who} already {'run' if who == 'you' else 'runs'} {in_use}/{limit} servers "
+                f"in VO {vo}; stop a server first"
+            )
+        return (
+            f"{who} {'use' if who == 'you' else 'uses'} {show(in_use)}/{show(limit)} {what} of "
+            f"VO {vo}; this server needs {show(wanted)}. Ask for at most {show(left)} "
+            f"or stop a server"
+        )
+    return None
+
+
+class Ledger:
+    """Reservations of one hub process, keyed by ``user/server``."""
+
+    def __init__(self) -> None:
+        self._reservations: dict[str, Reservation] = {}
+
+    def __len__(self) -> int:
+        return len(self._reservations)
+
+    def reservations(self) -> tuple[Reservation, ...]:
+        return tuple(self._reservations.values())
+
+    def usage(self, vo: str, username: str | None = None) -> Usage:
+        total = Usage()
+        for r in self._reservations.values():
+            if r.vo == vo and (username is None or r.username == username):
+                total = total.plus(r.usage)
+        return total
+
+    def admit(self, fac: Facility, plan: LaunchPlan) -> Reservation:
+        """Reserve ``plan`` or raise :class:`QuotaRefusal`; re-admitting a key replaces it."""
+        reservation = Reservation(plan.username, plan.server_name, plan.vo, plan_usage(plan))
+        previous = self._reservations.pop(reservation.key, None)
+        try:
+            if plan.vo is not None and plan.vo in fac.vos:
+                vo = fac.vos[plan.vo]
+                ask = reservation.usage
+                message = _over(
+                    vo.per_user, self.usage(vo.name, plan.username), ask, "you", vo.name
+                ) or _over(vo.quota, self.usage(vo.name), ask, f"VO {vo.name}", vo.name)
+                if message is not None:
+                    raise QuotaRefusal(message)
+        except QuotaRefusal:
+            if previous is not None:
+                self._reservations[previous.key] = previous
+            raise
+        self._reservations[reservation.key] = reservation
+        return reservation
+
+    def release(self, username: str, server_name: str) -> Reservation | None:
+        return self._reservations.pop(server_key(username, server_name), None)
+
+    def restore(self, reservations: Iterable[Reservation]) -> None:
+        """Replace the ledger with what the cluster says is running (hub restart)."""
+        self._reservations = {r.key: r for r in reservations}
