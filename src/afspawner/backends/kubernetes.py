@@ -1,0 +1,242 @@
+"""Kubernetes backend: objects from :mod:`afspawner.manifests`, state from shared informers."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from afspawner.backends.base import Backend, LaunchFailed, LaunchRequest, ProgressSink, Started
+from afspawner.capacity import gpu_capacity
+from afspawner.facility import Facility
+from afspawner.kube.client import KubeError, request, shared_api_client
+from afspawner.kube.informer import Informer, object_key, shared_informer
+from afspawner.kube.reconcile import reconcile_vo_namespaces
+from afspawner.kube.status import exit_status, pod_failure, pod_ready
+from afspawner.manifests import PodSettings, make_objects, reservation_from_pod, selector_labels
+from afspawner.quota import Reservation
+
+log = logging.getLogger("afspawner.kubernetes")
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    namespace: str = "default"
+    kubeconfig: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+    allow_root: bool = False
+    unschedulable_grace: float = 20.0
+    reconcile_quotas: bool = True
+    watch_nodes: bool = True
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def _selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+class KubernetesBackend(Backend):
+    def __init__(self, facility: Facility, settings: KubeSettings) -> None:
+        self.facility = facility
+        self.settings = settings
+        self._setup_lock = asyncio.Lock()
+        self._ready = False
+        self._inflight: dict[str, tuple[str, int]] = {}  # pod key → (gpu class, units)
+        self.pods: Informer
+        self.events: Informer
+        self.nodes: Informer | None = None
+
+    def _all_namespaces(self) -> bool:
+        return any(vo.namespace for vo in self.facility.vos.values())
+
+    def namespace_for(self, vo: str | None) -> str:
+        if vo is not None and vo in self.facility.vos:
+            return self.facility.vos[vo].namespace or self.settings.namespace
+        return self.settings.namespace
+
+    async def setup(self) -> None:
+        """Connect, start the shared informers and reconcile VO namespaces (once)."""
+        async with self._setup_lock:
+            if self._ready:
+                return
+            api = await shared_api_client(self.settings.kubeconfig)
+            if self.settings.reconcile_quotas:
+                await reconcile_vo_namespaces(api, self.facility)
+            scope = "" if self._all_namespaces() else f"/namespaces/{self.settings.namespace}"
+            self.pods = shared_informer(
+                api, f"/api/v1{scope}/pods", label_selector=_selector(selector_labels())
+            )
+            self.events = shared_informer(
+                api, f"/api/v1{scope}/events", field_selector="involvedObject.kind=Pod"
+            )
+            waits = [self.pods.wait_synced(), self.events.wait_synced()]
+            if self.settings.watch_nodes:
+                self.nodes = shared_informer(api, "/api/v1/nodes")
+                waits.append(self.nodes.wait_synced())
+            await asyncio.wait_for(asyncio.gather(*waits), 60)
+            self.api = api
+            self._ready = True
+
+    # -- capacity ---------------------------------------------------------------------------
+    def gpu_free(self, gpu_class: str) -> int | None:
+        gclass = self.facility.gpu_classes.get(gpu_class)
+        if gclass is None or self.nodes is None or not self._ready:
+            return None
+        pods = self.pods.values()
+        seen = {object_key(p) for p in pods}
+        for key in [k for k in self._inflight if k in seen]:
+            del self._inflight[key]  # the informer sees it now: counted as used/pending
+        cap = gpu_capacity(gclass, self.nodes.values(), pods)
+        inflight = sum(n for c, n in self._inflight.values() if c == gpu_class)
+        return max(cap.total - cap.used - cap.pending - inflight, 0)
+
+    def note_granted(self, namespace: str, pod: str, gpu_class: str, units: int) -> None:
+        """Count units handed out by the GPU queue until the pod shows up in the informer."""
+        self._inflight[f"{namespace}/{pod}"] = (gpu_class, units)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def launch(self, req: LaunchRequest, progress: ProgressSink) -> Started:
+        await self.setup()
+        ns = self.namespace_for(req.plan.vo)
+        settings = PodSettings(
+            namespace=ns,
+            port=req.port,
+            cmd=tuple(req.cmd),
+            args=tuple(req.args),
+            hub_env=dict(req.hub_env),
+            image_pull_policy=self.settings.image_pull_policy,
+            allow_root=self.settings.allow_root,
+            extra_labels=self.settings.extra_labels,
+        )
+        objs = make_objects(req.plan, settings)
+        name = objs.pod["metadata"]["name"]
+        state = {"namespace": ns, "pod": name}
+        key = f"{ns}/{name}"
+        if key in self.pods.store:
+            progress(f"Removing a previous server pod {name}")
+            await self.stop(state, now=True)
+        seen_events: set[str] = set()
+
+        def on_event(kind: str, ev: dict[str, Any]) -> None:
+            inv = ev.get("involvedObject") or {}
+            uid = (ev.get("metadata") or {}).get("uid", "")
+            if inv.get("name") == name and inv.get("namespace") == ns and uid not in seen_events:
+                seen_events.add(uid)
+                progress(f"{ev.get('reason', '')}: {ev.get('message', '')}".strip(": "))
+
+        unsubscribe = self.events.add_listener(on_event)
+        try:
+            await self._create(objs.claims, objs.secret, objs.pod)
+            if req.plan.gpu is not None:
+                self.note_granted(ns, name, req.plan.gpu.gpu_class, req.plan.gpu.count)
+            progress(f"Server pod {ns}/{name} created; waiting for Kubernetes to start it")
+            pod = await self._wait_ready(key, req.timeout)
+        except BaseException:
+            self._inflight.pop(key, None)
+            await self.stop(state, now=True)
+            raise
+        finally:
+            unsubscribe()
+        return Started(pod["status"]["podIP"], req.port, state)
+
+    async def _create(
+        self, claims: tuple[dict[str, Any], ...], secret: dict[str, Any], pod: dict[str, Any]
+    ) -> None:
+        ns = pod["metadata"]["namespace"]
+        base = f"/api/v1/namespaces/{ns}"
+        try:
+            for claim in claims:
+                try:
+                    await request(self.api, "POST", f"{base}/persistentvolumeclaims", body=claim)
+                except KubeError as exc:
+                    if exc.status != 409:  # the user's home claim already exists: keep it
+                        raise
+            try:
+                await request(self.api, "POST", f"{base}/secrets", body=secret)
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+                await request(
+                    self.api, "PUT", f"{base}/secrets/{secret['metadata']['name']}", body=secret
+                )
+            await request(self.api, "POST", f"{base}/pods", body=pod)
+        except KubeError as exc:
+            raise LaunchFailed(f"Kubernetes refused the server: {exc.message}") from exc
+
+    async def _wait_ready(self, key: str, limit: float) -> dict[str, Any]:
+        outcome: dict[str, Any] = {}
+
+        def settled() -> bool:
+            pod = self.pods.store.get(key)
+            if pod is None:
+                return False
+            if pod_ready(pod):
+                outcome["pod"] = pod
+                return True
+            failure = pod_failure(pod, dt.datetime.now(dt.UTC), self.settings.unschedulable_grace)
+            if failure:
+                outcome["failure"] = failure
+                return True
+            return False
+
+        async def waiter() -> None:
+            while not settled():
+                # re-check on every informer change, and at least every 2s (grace timers)
+                try:
+                    await asyncio.wait_for(self.pods.wait_for(settled), 2)
+                except TimeoutError:
+                    continue
+                return
+
+        try:
+            await asyncio.wait_for(waiter(), limit)
+        except TimeoutError:
+            pod = self.pods.store.get(key) or {}
+            phase = (pod.get("status") or {}).get("phase", "not created")
+            raise LaunchFailed(
+                f"the server did not start within {limit:.0f}s (pod phase: {phase})"
+            ) from None
+        if "failure" in outcome:
+            raise LaunchFailed(outcome["failure"])
+        return dict(outcome["pod"])
+
+    async def poll(self, state: Mapping[str, Any]) -> int | None:
+        await self.setup()
+        return exit_status(self.pods.store.get(f"{state['namespace']}/{state['pod']}"))
+
+    async def stop(self, state: Mapping[str, Any], now: bool = False) -> None:
+        await self.setup()
+        ns, name = state.get("namespace"), state.get("pod")
+        if not ns or not name:
+            return
+        base = f"/api/v1/namespaces/{ns}"
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "gracePeriodSeconds": 0 if now else 10,
+            "propagationPolicy": "Background",
+        }
+        for path in (f"{base}/pods/{name}", f"{base}/secrets/{name}"):
+            try:
+                await request(self.api, "DELETE", path, body=body)
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
+        key = f"{ns}/{name}"
+        try:
+            await asyncio.wait_for(self.pods.wait_for(lambda: key not in self.pods.store), 60)
+        except TimeoutError:
+            log.warning("pod %s still present 60s after deletion", key)
+
+    async def running(self) -> list[Reservation]:
+        await self.setup()
+        found = []
+        for pod in self.pods.values():
+            if exit_status(pod) is None:
+                reservation = reservation_from_pod(pod)
+                if reservation is not None:
+                    found.append(reservation)
+        return found

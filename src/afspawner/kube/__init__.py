@@ -1,0 +1,1 @@
+"""Kubernetes plumbing: the shared API client and informers."""

@@ -1,0 +1,97 @@
+"""One kubernetes-asyncio ApiClient per hub process, and raw JSON requests on it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.config import ConfigException
+
+_clients: dict[str | None, client.ApiClient] = {}
+_lock = asyncio.Lock()
+
+
+async def shared_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """The process-wide client for ``kubeconfig`` (in-cluster config when ``None``)."""
+    async with _lock:
+        if kubeconfig in _clients:
+            return _clients[kubeconfig]
+        cfg = client.Configuration()
+        if kubeconfig:
+            await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        else:
+            try:
+                config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            except ConfigException:
+                await config.load_kube_config(client_configuration=cfg)
+        api = client.ApiClient(cfg)
+        _clients[kubeconfig] = api
+        return api
+
+
+async def close_shared_clients() -> None:
+    async with _lock:
+        for api in _clients.values():
+            await api.close()
+        _clients.clear()
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        try:
+            message = json.loads(body).get("message", body)
+        except (ValueError, AttributeError):
+            message = body
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = str(message)
+
+
+async def request(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    query: dict[str, Any] | None = None,
+    body: Any = None,
+    request_timeout: float | None = 30,
+) -> Any:
+    """A JSON request on the shared client; raises :class:`KubeError` on non-2xx."""
+    resp = await api.call_api(
+        path,
+        method,
+        query_params=list((query or {}).items()),
+        body=body,
+        header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _request_timeout=request_timeout,
+    )
+    try:
+        text = await resp.text()
+    finally:
+        resp.release()
+    if not 200 <= resp.status < 300:
+        raise KubeError(resp.status, text)
+    return json.loads(text) if text else None
+
+
+async def stream(
+    api: client.ApiClient, path: str, query: dict[str, Any], request_timeout: float
+) -> Any:
+    """Open a streaming GET (watch); the caller reads ``resp.content`` and releases it."""
+    resp = await api.call_api(
+        path,
+        "GET",
+        query_params=list(query.items()),
+        header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _request_timeout=request_timeout,
+    )
+    if resp.status != 200:
+        text = await resp.text()
+        resp.release()
+        raise KubeError(resp.status, text)
+    return resp
