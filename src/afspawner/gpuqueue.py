@@ -20,15 +20,29 @@ class Waiter:
     count: int
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     moved: asyncio.Event = field(default_factory=asyncio.Event)
+    released: bool = False
 
 
 class GPUQueue:
     """One FIFO per GPU class; ``free(class)`` reports currently free units."""
 
-    def __init__(self, free: Callable[[str], int]) -> None:
+    def __init__(self, free: Callable[[str], int | None]) -> None:
         self._free = free
         self._queues: dict[str, deque[Waiter]] = {}
+        self._granted: dict[str, int] = {}  # handed out, server not yet running
         self._tickets = itertools.count()
+
+    def available(self, gpu_class: str) -> int | None:
+        """Free units not yet handed to a waiter; ``None`` when the backend cannot tell."""
+        free = self._free(gpu_class)
+        return None if free is None else max(free - self._granted.get(gpu_class, 0), 0)
+
+    def done(self, gpu_class: str, waiter: Waiter) -> None:
+        """The granted server now runs (or failed): its units are counted by the backend."""
+        if waiter.ready.is_set() and not waiter.released:
+            waiter.released = True
+            self._granted[gpu_class] = max(self._granted.get(gpu_class, 0) - waiter.count, 0)
+            self.recheck(gpu_class)
 
     def waiting(self, gpu_class: str) -> int:
         return len(self._queues.get(gpu_class, ()))
@@ -56,10 +70,12 @@ class GPUQueue:
         classes = [gpu_class] if gpu_class is not None else list(self._queues)
         for name in classes:
             queue = self._queues.get(name)
-            budget = self._free(name)
-            while queue and not queue[0].ready.is_set() and queue[0].count <= budget:
+            budget = self.available(name)
+            while queue and (budget is None or queue[0].count <= budget):
                 head = queue.popleft()
-                budget -= head.count
+                if budget is not None:
+                    budget -= head.count
+                self._granted[name] = self._granted.get(name, 0) + head.count
                 head.ready.set()
                 for other in queue:
                     other.moved.set()

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from afspawner.facility import Facility
 from afspawner.plan import LaunchPlan
 from afspawner.quota import Reservation
 
@@ -46,6 +47,19 @@ class LaunchRequest:
 
 class Backend(ABC):
     """Base class of backends (entry-point group ``afspawner.backends``)."""
+
+    @classmethod
+    @abstractmethod
+    def create(cls, facility: Facility, options: Mapping[str, Any], spawner: Any) -> Backend:
+        """Build the (process-wide) backend from ``c.AFSpawner.backend_options``.
+
+        ``spawner`` is the first AFSpawner, for reading its traits and log; do not keep it.
+        Raise ValueError naming the bad option on invalid configuration.
+        """
+
+    async def setup(self) -> None:
+        """Connect and start watching (called before each use; must be idempotent)."""
+        return None
 
     @abstractmethod
     async def launch(self, request: LaunchRequest, progress: ProgressSink) -> Started:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,55 @@ def _selector(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
+_OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
+    "namespace": str,
+    "kubeconfig": str,
+    "image_pull_policy": str,
+    "unschedulable_grace": (int, float),
+    "reconcile_quotas": bool,
+    "watch_nodes": bool,
+    "extra_labels": dict,
+}
+
+
+def settings_from_options(options: Mapping[str, Any], allow_root: bool) -> KubeSettings:
+    """``c.AFSpawner.backend_options`` → KubeSettings; unknown or mistyped keys are errors."""
+    for key, value in options.items():
+        if key not in _OPTION_TYPES:
+            raise ValueError(
+                f"c.AFSpawner.backend_options.{key}: unknown option of the kubernetes backend; "
+                f"allowed: {', '.join(sorted(_OPTION_TYPES))}"
+            )
+        if not isinstance(value, _OPTION_TYPES[key]) or isinstance(value, bool) != (
+            _OPTION_TYPES[key] is bool
+        ):
+            raise ValueError(
+                f"c.AFSpawner.backend_options.{key}: wrong type {type(value).__name__}"
+            )
+    if options.get("image_pull_policy", "IfNotPresent") not in ("Always", "IfNotPresent", "Never"):
+        raise ValueError(
+            "c.AFSpawner.backend_options.image_pull_policy: Always, IfNotPresent or Never"
+        )
+    namespace = options.get("namespace") or os.environ.get("POD_NAMESPACE") or "default"
+    return KubeSettings(
+        namespace=namespace,
+        kubeconfig=options.get("kubeconfig"),
+        image_pull_policy=options.get("image_pull_policy", "IfNotPresent"),
+        allow_root=allow_root,
+        unschedulable_grace=float(options.get("unschedulable_grace", 20.0)),
+        reconcile_quotas=options.get("reconcile_quotas", True),
+        watch_nodes=options.get("watch_nodes", True),
+        extra_labels=dict(options.get("extra_labels", {})),
+    )
+
+
 class KubernetesBackend(Backend):
+    @classmethod
+    def create(cls, facility: Facility, options: Mapping[str, Any], spawner: Any) -> Backend:
+        return cls(
+            facility, settings_from_options(options, bool(getattr(spawner, "allow_root", False)))
+        )
+
     def __init__(self, facility: Facility, settings: KubeSettings) -> None:
         self.facility = facility
         self.settings = settings

@@ -1,0 +1,155 @@
+"""Local backend: servers as processes on the hub's machine (single-machine sites, the demo).
+
+As root it switches to the plan's uid/gid and runs in ``<root_dir>/<user>``; otherwise it only
+runs servers as the hub's own user when ``run_as_hub_user`` is set (no isolation: demo only).
+Volumes and GPUs are Kubernetes concepts and are refused here rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from afspawner.backends.base import Backend, LaunchFailed, LaunchRequest, ProgressSink, Started
+from afspawner.facility import Facility
+
+_OPTIONS = {"root_dir", "run_as_hub_user", "ip"}
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    root_dir: Path
+    run_as_hub_user: bool = False
+    ip: str = "127.0.0.1"
+
+
+def _free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
+
+
+def _with_port(url: str, ip: str, port: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme or "http", f"{ip}:{port}", parts.path, parts.query, ""))
+
+
+class LocalBackend(Backend):
+    @classmethod
+    def create(cls, facility: Facility, options: Mapping[str, Any], spawner: Any) -> Backend:
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"c.AFSpawner.backend_options.{unknown[0]}: unknown option of the "
+                f"local backend; allowed: {', '.join(sorted(_OPTIONS))}"
+            )
+        root = Path(str(options.get("root_dir", Path.home() / "af-servers")))
+        return cls(
+            LocalSettings(
+                root,
+                bool(options.get("run_as_hub_user", False)),
+                str(options.get("ip", "127.0.0.1")),
+            )
+        )
+
+    def __init__(self, settings: LocalSettings) -> None:
+        self.settings = settings
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+
+    async def launch(self, req: LaunchRequest, progress: ProgressSink) -> Started:
+        plan = req.plan
+        if plan.gpu is not None:
+            raise LaunchFailed("the local backend has no GPUs; pick a flavor without a GPU")
+        if plan.volumes:
+            names = ", ".join(v.name for v in plan.volumes)
+            raise LaunchFailed(f"the local backend cannot mount volumes ({names})")
+        ident = plan.identity
+        as_root = os.geteuid() == 0
+        if not as_root and ident.uid != os.getuid() and not self.settings.run_as_hub_user:
+            raise LaunchFailed(
+                f"the hub runs as uid {os.getuid()} and cannot start a server as uid {ident.uid}; "
+                "run the hub as root or set backend_options.run_as_hub_user (demo only)"
+            )
+        workdir = self.settings.root_dir / plan.username
+        workdir.mkdir(parents=True, exist_ok=True)
+        if as_root:
+            os.chown(workdir, ident.uid, ident.gid)
+        port = _free_port(self.settings.ip)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOME": str(workdir),
+            "USER": ident.username,
+            **plan.env,
+            **req.hub_env,
+            "NB_USER": ident.username,
+            "NB_UID": str(ident.uid),
+            "NB_GID": str(ident.gid),
+            "AF_FLAVOR": plan.flavor,
+        }
+        if "JUPYTERHUB_SERVICE_URL" in env:
+            env["JUPYTERHUB_SERVICE_URL"] = _with_port(
+                env["JUPYTERHUB_SERVICE_URL"], self.settings.ip, port
+            )
+        cmd = [*req.cmd, *req.args, f"--ip={self.settings.ip}", f"--port={port}"]
+        if cmd[0] == "jupyterhub-singleuser":
+            cmd[0] = str(Path(sys.executable).parent / "jupyterhub-singleuser")
+
+        def demote() -> None:  # runs in the child, before exec
+            os.setsid()
+            if as_root and not self.settings.run_as_hub_user:
+                os.setgroups(list(ident.supplemental_gids))
+                os.setgid(ident.gid)
+                os.setuid(ident.uid)
+
+        progress(f"Starting {plan.flavor} as uid {ident.uid} on port {port}")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                env=env,
+                cwd=workdir,
+                preexec_fn=demote,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            raise LaunchFailed(f"cannot run {cmd[0]}: {exc.strerror or exc}") from exc
+        self._procs[proc.pid] = proc
+        return Started(self.settings.ip, port, {"pid": proc.pid})
+
+    async def poll(self, state: Mapping[str, Any]) -> int | None:
+        pid = int(state.get("pid", 0))
+        proc = self._procs.get(pid)
+        if proc is not None:
+            return proc.returncode
+        if pid <= 0:
+            return 0
+        try:
+            os.kill(pid, 0)  # survived a hub restart?
+        except OSError:
+            return 0
+        return None
+
+    async def stop(self, state: Mapping[str, Any], now: bool = False) -> None:
+        pid = int(state.get("pid", 0))
+        if pid <= 0:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        proc = self._procs.pop(pid, None)
+        if proc is None:
+            return
+        try:
+            await asyncio.wait_for(proc.wait(), 1 if now else 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            await proc.wait()
