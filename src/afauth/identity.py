@@ -19,10 +19,15 @@ class Tokens:
 
 @dataclass(frozen=True)
 class Identity:
-    """A person as one IdP knows them, before mapping to hub groups, roles and VOs.
+    """A person as one IdP knows them.
 
     ``(idp, subject)`` is the stable key a hub user is bound to; ``username`` is the
     normalised hub name derived from a stable identifier of that IdP.
+
+    IdPs fill ``idp_groups`` with the IdP's own group names (LDAP group ``cn``\\ s, the
+    values of an OIDC groups claim) and leave ``groups`` and ``vos`` empty; the mapping
+    step (:mod:`afauth.mapping`) turns claims into hub ``groups`` and ``vos`` and the
+    authenticator stores the result with :func:`dataclasses.replace`.
     """
 
     idp: str
@@ -36,3 +41,7 @@ class Identity:
     vos: tuple[str, ...] = ()
     claims: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     tokens: Tokens | None = None
+    idp_groups: tuple[str, ...] = ()
+    supplemental_gids: tuple[int, ...] = ()
+    home: str | None = None
+    display_name: str | None = None
