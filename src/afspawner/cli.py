@@ -2,6 +2,9 @@
 
 ``afhub check FACILITY.yaml`` validates a facility file and prints a one-screen summary
 (exit 0), or lists every error with its key path (exit 2).
+
+``afhub render FACILITY.yaml --user U --groups a,b --flavor F [--uid N --gid N] [--server S]``
+prints the exact objects the Kubernetes backend would create, or exits 2 with the refusal.
 """
 
 from __future__ import annotations
@@ -79,12 +82,65 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import yaml
+
+    from afspawner.manifests import PodSettings, make_objects
+    from afspawner.plan import UserIdentity
+    from afspawner.policy import Refusal, UserContext, parse_options, resolve
+
+    try:
+        fac = load_facility_file(args.facility)
+    except FacilityError as exc:
+        print(str(exc), file=err)
+        return EXIT_INVALID
+    groups = frozenset(g for g in args.groups.split(",") if g)
+    vos = [v for v in args.vos.split(",") if v] if args.vos else []
+    vos += [g for g in sorted(groups) if g in fac.vos and g not in vos]
+    user = UserContext(args.user, groups, tuple(vos))
+    options: dict[str, object] = {"flavor": args.flavor}
+    if args.vo:
+        options["vo"] = args.vo
+    if args.gpus is not None:
+        options["gpus"] = args.gpus
+    try:
+        identity = UserIdentity(args.user, args.uid, args.gid)
+        plan = resolve(fac, user, parse_options(options), identity, args.server)
+    except Refusal as exc:
+        print(f"refused ({exc.status}): {exc.message}", file=err)
+        return EXIT_INVALID
+    namespace = args.namespace
+    if plan.vo and fac.vos[plan.vo].namespace:
+        namespace = fac.vos[plan.vo].namespace
+    objs = make_objects(
+        plan, PodSettings(namespace=namespace, hub_env={"JUPYTERHUB_API_TOKEN": "<set by the hub>"})
+    )
+    docs = [*objs.claims, objs.secret, objs.pod]
+    out.write(yaml.safe_dump_all(docs, sort_keys=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="afhub", description="jupyterhub-af operator tools")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a facility file and summarise it")
     check.add_argument("facility", help="path of the facility YAML file")
     check.set_defaults(func=_check)
+    render = sub.add_parser("render", help="print the manifests the spawner would create")
+    render.add_argument("facility", help="path of the facility YAML file")
+    render.add_argument("--user", required=True, help="hub user name")
+    render.add_argument("--groups", default="", help="comma-separated hub groups")
+    render.add_argument(
+        "--vos", default="", help="comma-separated VOs (else: groups named like a VO)"
+    )
+    render.add_argument("--flavor", required=True)
+    render.add_argument("--vo", help="VO to charge when the user has several")
+    render.add_argument("--gpus", type=int, help="GPU count (GPU flavors)")
+    render.add_argument("--uid", type=int, default=1000)
+    render.add_argument("--gid", type=int, default=100)
+    render.add_argument("--server", default="", help="named server")
+    render.add_argument("--namespace", default="default", help="namespace of VO-less servers")
+    render.set_defaults(func=_render)
     return parser
 
 

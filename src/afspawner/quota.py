@@ -75,17 +75,18 @@ def _over(limits: Resources, used: Usage, ask: Usage, who: str, vo: str) -> str 
     for what, limit, in_use, wanted, fmt in checks:
         if limit is None or in_use + wanted <= limit:
             continue
-        show = fmt
         left = max(limit - in_use, 0)
-        if what == "servers":
-            return (
-                f"{who} already {'run' if who == 'you' else 'runs'} {in_use}/{limit} servers "
-                f"in VO {vo}; stop a server first"
-            )
+        if who == "you":
+            scope = f"you use {fmt(in_use)}/{fmt(limit)} {what} of your allowance in VO {vo}"
+            if what == "servers":
+                return f"you already run {in_use}/{limit} servers in VO {vo}; stop one first"
+        else:
+            scope = f"VO {vo} uses {fmt(in_use)}/{fmt(limit)} {what}"
+            if what == "servers":
+                return f"VO {vo} already runs {in_use}/{limit} servers; try again later"
         return (
-            f"{who} {'use' if who == 'you' else 'uses'} {show(in_use)}/{show(limit)} {what} of "
-            f"VO {vo}; this server needs {show(wanted)}. Ask for at most {show(left)} "
-            f"or stop a server"
+            f"{scope}; this server needs {fmt(wanted)}. Ask for at most {fmt(left)} "
+            "or stop a server"
         )
     return None
 
@@ -119,7 +120,7 @@ class Ledger:
                 ask = reservation.usage
                 message = _over(
                     vo.per_user, self.usage(vo.name, plan.username), ask, "you", vo.name
-                ) or _over(vo.quota, self.usage(vo.name), ask, f"VO {vo.name}", vo.name)
+                ) or _over(vo.quota, self.usage(vo.name), ask, "vo", vo.name)
                 if message is not None:
                     raise QuotaRefusal(message)
         except QuotaRefusal:
