@@ -8,5 +8,11 @@ from testbed.ldap import ldap_testbed, ldap_testbed_factory
 from testbed.oidc import oidc_testbed
 from testbed.podstub import pod_stub
 
-__all__ = ["af_hub", "k8s_cluster", "ldap_testbed", "ldap_testbed_factory", "oidc_testbed",
-           "pod_stub"]
+__all__ = [
+    "af_hub",
+    "k8s_cluster",
+    "ldap_testbed",
+    "ldap_testbed_factory",
+    "oidc_testbed",
+    "pod_stub",
+]

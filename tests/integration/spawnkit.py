@@ -15,18 +15,27 @@ from jupyterhub.tests.utils import add_user, api_request
 from testbed.k8s import KubeCluster
 
 GPU_CLASSES = {
-    "t4": {"display": "NVIDIA T4", "resource": "nvidia.com/gpu",
-           "selector": {"nvidia.com/gpu.product": "Tesla-T4"}, "max_per_user": 4,
-           "groups": ["gpu-approved"]},
-    "a100-3g.20gb": {"display": "A100 3g.20gb", "resource": "nvidia.com/mig-3g.20gb",
-                     "max_per_user": 1},
+    "t4": {
+        "display": "NVIDIA T4",
+        "resource": "nvidia.com/gpu",
+        "selector": {"nvidia.com/gpu.product": "Tesla-T4"},
+        "max_per_user": 4,
+        "groups": ["gpu-approved"],
+    },
+    "a100-3g.20gb": {
+        "display": "A100 3g.20gb",
+        "resource": "nvidia.com/mig-3g.20gb",
+        "max_per_user": 1,
+    },
 }
 
 
 def facility(**vo_overrides: Any) -> dict[str, Any]:
     vos = {
-        "cms": {"quota": {"cpu": 64, "memory": "256Gi", "servers": 20, "gpus": {"t4": 8}},
-                "per_user": {"cpu": 16, "memory": "64Gi", "servers": 5, "gpus": {"t4": 4}}},
+        "cms": {
+            "quota": {"cpu": 64, "memory": "256Gi", "servers": 20, "gpus": {"t4": 8}},
+            "per_user": {"cpu": 16, "memory": "64Gi", "servers": 5, "gpus": {"t4": 4}},
+        },
         "dune": {"quota": {"cpu": 16, "memory": "64Gi", "servers": 4}},
     }
     vos.update(vo_overrides)
@@ -39,18 +48,47 @@ def facility(**vo_overrides: Any) -> dict[str, Any]:
             "eos": {"type": "eos", "mount": "/eos"},
         },
         "flavors": [
-            {"name": "cms-el9", "display": "CMS EL9", "vos": ["cms"], "image": "cms/el9:1",
-             "cpu": 2, "memory": "4Gi", "volumes": ["cvmfs", "eos"], "default": True},
-            {"name": "cms-t4", "vos": ["cms"], "image": "cms/ml:1", "cpu": 2, "memory": "4Gi",
-             "gpu": {"class": "t4", "count": 1}},
-            {"name": "cms-a100", "vos": ["cms"], "image": "cms/ml:1", "cpu": 2, "memory": "4Gi",
-             "gpu": {"class": "a100-3g.20gb"}},
-            {"name": "dune-sl7", "vos": ["dune"], "image": "dune/sl7:1", "cpu": 1,
-             "memory": "2Gi"},
-            {"name": "broken-image", "vos": ["cms"], "image": "registry.invalid/missing:latest",
-             "cpu": 1, "memory": "1Gi"},
-            {"name": "crashing", "vos": ["cms"], "image": "registry.invalid/crash:latest",
-             "cpu": 1, "memory": "1Gi"},
+            {
+                "name": "cms-el9",
+                "display": "CMS EL9",
+                "vos": ["cms"],
+                "image": "cms/el9:1",
+                "cpu": 2,
+                "memory": "4Gi",
+                "volumes": ["cvmfs", "eos"],
+                "default": True,
+            },
+            {
+                "name": "cms-t4",
+                "vos": ["cms"],
+                "image": "cms/ml:1",
+                "cpu": 2,
+                "memory": "4Gi",
+                "gpu": {"class": "t4", "count": 1},
+            },
+            {
+                "name": "cms-a100",
+                "vos": ["cms"],
+                "image": "cms/ml:1",
+                "cpu": 2,
+                "memory": "4Gi",
+                "gpu": {"class": "a100-3g.20gb"},
+            },
+            {"name": "dune-sl7", "vos": ["dune"], "image": "dune/sl7:1", "cpu": 1, "memory": "2Gi"},
+            {
+                "name": "broken-image",
+                "vos": ["cms"],
+                "image": "registry.invalid/missing:latest",
+                "cpu": 1,
+                "memory": "1Gi",
+            },
+            {
+                "name": "crashing",
+                "vos": ["cms"],
+                "image": "registry.invalid/crash:latest",
+                "cpu": 1,
+                "memory": "1Gi",
+            },
             # open to everyone (no VO quota), larger than any node: never schedulable
             {"name": "huge", "image": "cms/el9:1", "cpu": 100, "memory": "1Gi"},
         ],
@@ -59,8 +97,12 @@ def facility(**vo_overrides: Any) -> dict[str, Any]:
 
 def kube_http(cluster: KubeCluster) -> httpx.AsyncClient:
     ctx = ssl.create_default_context(cafile=str(cluster.ca_path))
-    return httpx.AsyncClient(base_url=cluster.server, verify=ctx, timeout=30,
-                             headers={"Authorization": f"Bearer {cluster.token}"})
+    return httpx.AsyncClient(
+        base_url=cluster.server,
+        verify=ctx,
+        timeout=30,
+        headers={"Authorization": f"Bearer {cluster.token}"},
+    )
 
 
 async def new_namespace(cluster: KubeCluster) -> str:
@@ -69,8 +111,9 @@ async def new_namespace(cluster: KubeCluster) -> str:
         r = await k.post("/api/v1/namespaces", json={"metadata": {"name": name}})
         assert r.status_code == 201, r.text
         for _ in range(100):
-            if (await k.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")).status_code \
-                    == 200:
+            if (
+                await k.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")
+            ).status_code == 200:
                 break
             await asyncio.sleep(0.1)
     return name
@@ -83,8 +126,9 @@ async def pods_in(cluster: KubeCluster, namespace: str) -> list[dict[str, Any]]:
         return list(r.json()["items"])
 
 
-async def make_user(app: Any, name: str, groups: tuple[str, ...] = (),
-                    auth_state: dict[str, Any] | None = None) -> Any:
+async def make_user(
+    app: Any, name: str, groups: tuple[str, ...] = (), auth_state: dict[str, Any] | None = None
+) -> Any:
     user = add_user(app.db, app, name=name)
     for gname in groups:
         group = orm.Group.find(app.db, gname)
@@ -99,8 +143,9 @@ async def make_user(app: Any, name: str, groups: tuple[str, ...] = (),
     return user
 
 
-async def request_spawn(app: Any, user: str, options: dict[str, Any] | None = None,
-                        server: str = "") -> Any:
+async def request_spawn(
+    app: Any, user: str, options: dict[str, Any] | None = None, server: str = ""
+) -> Any:
     path = ("users", user, "servers", server) if server else ("users", user, "server")
     return await api_request(app, *path, method="post", data=json.dumps(options or {}))
 

@@ -27,13 +27,23 @@ CMS_ALICE = {"uid": 50001, "gid": 5063, "vos": ["cms"]}
 @pytest.fixture
 async def hub(af_hub: Any, k8s_cluster: KubeCluster, pod_stub: PodStub) -> Any:
     ns = await new_namespace(k8s_cluster)
-    app = await af_hub(facility(), spawner={"backend_options": {
-        "kubeconfig": str(k8s_cluster.kubeconfig), "namespace": ns, "unschedulable_grace": 1.0}})
+    app = await af_hub(
+        facility(),
+        spawner={
+            "backend_options": {
+                "kubeconfig": str(k8s_cluster.kubeconfig),
+                "namespace": ns,
+                "unschedulable_grace": 1.0,
+            }
+        },
+    )
     app.af_namespace = ns
     return app
 
 
-async def test_cpu_flavor_runs_with_identity_and_volumes(hub: Any, k8s_cluster: KubeCluster) -> None:
+async def test_cpu_flavor_runs_with_identity_and_volumes(
+    hub: Any, k8s_cluster: KubeCluster
+) -> None:
     await make_user(hub, "alice", auth_state=CMS_ALICE)
     r = await request_spawn(hub, "alice", {"flavor": "cms-el9"})
     assert r.status_code in (201, 202), r.text
@@ -56,12 +66,16 @@ async def test_cpu_flavor_runs_with_identity_and_volumes(hub: Any, k8s_cluster: 
     assert await pods_in(k8s_cluster, hub.af_namespace) == []
 
 
-@pytest.mark.parametrize(("flavor", "node_prefix", "resource"), [
-    ("cms-t4", "gpu-t4-", "nvidia.com/gpu"),
-    ("cms-a100", "gpu-a100-", "nvidia.com/mig-3g.20gb"),
-])
-async def test_gpu_flavors_land_on_their_nodes(hub: Any, k8s_cluster: KubeCluster, flavor: str,
-                                               node_prefix: str, resource: str) -> None:
+@pytest.mark.parametrize(
+    ("flavor", "node_prefix", "resource"),
+    [
+        ("cms-t4", "gpu-t4-", "nvidia.com/gpu"),
+        ("cms-a100", "gpu-a100-", "nvidia.com/mig-3g.20gb"),
+    ],
+)
+async def test_gpu_flavors_land_on_their_nodes(
+    hub: Any, k8s_cluster: KubeCluster, flavor: str, node_prefix: str, resource: str
+) -> None:
     await make_user(hub, "dave", groups=("gpu-approved",), auth_state=CMS_ALICE)
     r = await request_spawn(hub, "dave", {"flavor": flavor})
     assert r.status_code in (201, 202), r.text
@@ -73,18 +87,30 @@ async def test_gpu_flavors_land_on_their_nodes(hub: Any, k8s_cluster: KubeCluste
     await stop_server(hub, "dave")
 
 
-@pytest.mark.parametrize(("user_groups", "options", "status", "message"), [
-    ((), {"flavor": "dune-sl7"}, 403, "flavor 'dune-sl7' is for members of dune"),
-    ((), {"flavor": "cms-t4"}, 403, "NVIDIA T4 GPUs require approval"),
-    (("gpu-approved",), {"flavor": "cms-t4", "gpus": 9}, 403, "at most 4 NVIDIA T4 GPU(s)"),
-    ((), {"flavor": "cms-el9", "image": "evil/miner"}, 400, "unknown server option(s) 'image'"),
-    ((), {"flavor": "no-such"}, 400, "unknown flavor 'no-such'"),
-    ((), {"flavor": "cms-el9", "vo": "dune"}, 403, "cannot charge flavor 'cms-el9' to VO 'dune'"),
-    ((), {"flavor": ["a", "b"]}, 400, "option 'flavor' must be a flavor/VO name"),
-])
+@pytest.mark.parametrize(
+    ("user_groups", "options", "status", "message"),
+    [
+        ((), {"flavor": "dune-sl7"}, 403, "flavor 'dune-sl7' is for members of dune"),
+        ((), {"flavor": "cms-t4"}, 403, "NVIDIA T4 GPUs require approval"),
+        (("gpu-approved",), {"flavor": "cms-t4", "gpus": 9}, 403, "at most 4 NVIDIA T4 GPU(s)"),
+        ((), {"flavor": "cms-el9", "image": "evil/miner"}, 400, "unknown server option(s) 'image'"),
+        ((), {"flavor": "no-such"}, 400, "unknown flavor 'no-such'"),
+        (
+            (),
+            {"flavor": "cms-el9", "vo": "dune"},
+            403,
+            "cannot charge flavor 'cms-el9' to VO 'dune'",
+        ),
+        ((), {"flavor": ["a", "b"]}, 400, "option 'flavor' must be a flavor/VO name"),
+    ],
+)
 async def test_forged_options_are_refused_and_create_nothing(
-    hub: Any, k8s_cluster: KubeCluster, user_groups: tuple[str, ...], options: dict[str, Any],
-    status: int, message: str,
+    hub: Any,
+    k8s_cluster: KubeCluster,
+    user_groups: tuple[str, ...],
+    options: dict[str, Any],
+    status: int,
+    message: str,
 ) -> None:
     await make_user(hub, "mallory", groups=user_groups, auth_state=CMS_ALICE)
     r = await request_spawn(hub, "mallory", options)
@@ -104,11 +130,14 @@ async def test_user_without_uid_is_refused(hub: Any, k8s_cluster: KubeCluster) -
     assert await pods_in(k8s_cluster, hub.af_namespace) == []
 
 
-@pytest.mark.parametrize(("flavor", "reason"), [
-    ("broken-image", "ErrImagePull"),
-    ("crashing", "CrashLoopBackOff"),
-    ("huge", "Unschedulable"),
-])
+@pytest.mark.parametrize(
+    ("flavor", "reason"),
+    [
+        ("broken-image", "ErrImagePull"),
+        ("crashing", "CrashLoopBackOff"),
+        ("huge", "Unschedulable"),
+    ],
+)
 async def test_failing_pods_fail_the_spawn_early_with_the_reason(
     hub: Any, k8s_cluster: KubeCluster, flavor: str, reason: str
 ) -> None:

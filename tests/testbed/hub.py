@@ -23,19 +23,29 @@ HubFactory = Callable[..., Awaitable[Any]]
 os.environ.setdefault("JUPYTERHUB_CRYPT_KEY", "0" * 64)
 
 
-def hub_config(facility_file: Path, spawner: Mapping[str, Any] | None = None,
-               authenticator: Mapping[str, Any] | None = None,
-               hub: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def hub_config(
+    facility_file: Path,
+    spawner: Mapping[str, Any] | None = None,
+    authenticator: Mapping[str, Any] | None = None,
+    hub: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         # a plain base URL: the Python configurable-http-proxy re-encodes MockHub's default
         # '/@/space%20word/' prefix and loops
-        "JupyterHub": {"spawner_class": "af", "allow_named_servers": True,
-                       "named_server_limit_per_user": 0,
-                       "bind_url": f"http://127.0.0.1:{free_port()}/",
-                       "cookie_secret_file": str(facility_file.parent / "cookie_secret"),
-                       **(hub or {})},
-        "AFSpawner": {"facility_file": str(facility_file), "start_timeout": 60,
-                      "http_timeout": 30, **(spawner or {})},
+        "JupyterHub": {
+            "spawner_class": "af",
+            "allow_named_servers": True,
+            "named_server_limit_per_user": 0,
+            "bind_url": f"http://127.0.0.1:{free_port()}/",
+            "cookie_secret_file": str(facility_file.parent / "cookie_secret"),
+            **(hub or {}),
+        },
+        "AFSpawner": {
+            "facility_file": str(facility_file),
+            "start_timeout": 60,
+            "http_timeout": 30,
+            **(spawner or {}),
+        },
         "Authenticator": {"enable_auth_state": True, "allow_all": True, **(authenticator or {})},
     }
 
@@ -45,8 +55,9 @@ async def af_hub(hub_app: HubFactory, tmp_path: Path) -> Any:
     """Factory: ``await af_hub(facility_dict, spawner={...})`` → a started MockHub."""
     clear_runtimes()
 
-    async def start(facility: Mapping[str, Any], spawner: Mapping[str, Any] | None = None,
-                    **kw: Any) -> Any:
+    async def start(
+        facility: Mapping[str, Any], spawner: Mapping[str, Any] | None = None, **kw: Any
+    ) -> Any:
         path = tmp_path / f"facility-{uuid.uuid4().hex[:6]}.yaml"
         path.write_text(yaml.safe_dump(dict(facility)))
         return await hub_app(hub_config(path, spawner, **kw))

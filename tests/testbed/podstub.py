@@ -16,8 +16,10 @@ import pytest
 
 from testbed.k8s import KubeCluster
 
-RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
-            b"Connection: close\r\n\r\n{}")
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+    b"Connection: close\r\n\r\n{}"
+)
 
 
 class PodStub:
@@ -38,8 +40,11 @@ class PodStub:
 
     async def _follow(self) -> None:
         ctx = ssl.create_default_context(cafile=str(self.cluster.ca_path))
-        async with httpx.AsyncClient(base_url=self.cluster.server, verify=ctx, headers={
-                "Authorization": f"Bearer {self.cluster.token}"}) as client:
+        async with httpx.AsyncClient(
+            base_url=self.cluster.server,
+            verify=ctx,
+            headers={"Authorization": f"Bearer {self.cluster.token}"},
+        ) as client:
             while True:
                 with contextlib.suppress(httpx.HTTPError):
                     pods = (await client.get("/api/v1/pods")).json()["items"]
@@ -48,7 +53,8 @@ class PodStub:
                         if ip and ip.startswith("127.") and ip not in self.servers:
                             with contextlib.suppress(OSError):
                                 self.servers[ip] = await asyncio.start_server(
-                                    self._answer, ip, self.port)
+                                    self._answer, ip, self.port
+                                )
                 await asyncio.sleep(0.1)
 
     def start(self) -> None:

@@ -99,7 +99,8 @@ def reason_of(token: str, jwks: dict[str, Any] = JWKS, **over: Any) -> str:
 
 
 @pytest.mark.parametrize(
-    ("key", "kid", "alg"), [(RSA_KEY, "rsa-1", "RS256"), (EC_KEY, "ec-1", "ES256"), (ED_KEY, "ed-1", "EdDSA")]
+    ("key", "kid", "alg"),
+    [(RSA_KEY, "rsa-1", "RS256"), (EC_KEY, "ec-1", "ES256"), (ED_KEY, "ed-1", "EdDSA")],
 )
 def test_valid_tokens_of_each_key_type(key: Any, kid: str, alg: str) -> None:
     got = verify_id_token(sign(claims(), key, kid, alg), JWKS, expect())
@@ -265,7 +266,9 @@ def test_safe_next_refuses_non_local_urls(url: str) -> None:
     assert safe_next(url, "/hub-base/") == ""
 
 
-@pytest.mark.parametrize("url", ["/hub-base/hub/home", "/hub-base/user/alice/lab?x=1#y", "/hub-base/"])
+@pytest.mark.parametrize(
+    "url", ["/hub-base/hub/home", "/hub-base/user/alice/lab?x=1#y", "/hub-base/"]
+)
 def test_safe_next_keeps_local_paths(url: str) -> None:
     assert safe_next(url, "/hub-base/") == url
 

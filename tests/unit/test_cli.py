@@ -48,7 +48,8 @@ def test_check_broken_file_lists_every_error(tmp_path: Path) -> None:
 def test_console_script_is_installed(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "afhub"
     missing = tmp_path / "nope.yaml"
-    proc = subprocess.run([str(exe), "check", str(missing)], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [str(exe), "check", str(missing)], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 2
     assert "cannot read" in proc.stderr

@@ -73,7 +73,7 @@ def test_pool_allocates_once_and_refuses_when_exhausted(tmp_path: Path) -> None:
     assert (a.uid, b.uid) == (70000, 70001)
     assert resolve_identity("a", ["pool"], None, {}, pool).uid == 70000  # stable
     assert json.loads((tmp_path / "pool.json").read_text()) == {"a": 70000, "b": 70001}
-    with pytest.raises(Refusal, match="pool .* is exhausted; .* no shared fallback uid"):
+    with pytest.raises(Refusal, match=r"pool .* is exhausted; .* no shared fallback uid"):
         resolve_identity("c", ["pool"], None, {}, pool)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -110,10 +112,8 @@ def test_no_sequence_exceeds_any_limit(sequence: list[tuple[str, str, str, int, 
     ledger = Ledger()
     for op, user, server, cpu, gpus in sequence:
         if op == "admit":
-            try:
+            with contextlib.suppress(QuotaRefusal):
                 ledger.admit(FAC, plan(user, server, cpu=cpu, gpus=gpus))
-            except QuotaRefusal:
-                pass
         else:
             ledger.release(user, server)
         vo, total = FAC.vos["cms"], ledger.usage("cms")

@@ -8,14 +8,16 @@ import pytest
 
 from afspawner.loader import load_facility
 from afspawner.registry import GROUPS, PluginError, Registry
-from afspawner.volumes import VolumeType, volume_types
 from afspawner.validation import FacilityError
+from afspawner.volumes import VolumeType, volume_types
 
 
 def _registry(*eps: EntryPoint) -> Registry[type[VolumeType]]:
     return Registry(
-        GROUPS["volumes"], "volume type",
-        lambda o: isinstance(o, type) and issubclass(o, VolumeType), eps,
+        GROUPS["volumes"],
+        "volume type",
+        lambda o: isinstance(o, type) and issubclass(o, VolumeType),
+        eps,
     )
 
 
@@ -30,19 +32,29 @@ def test_sample_site_plugin_is_discovered_and_validates() -> None:
     """examples/site-plugin is installed by the test command; its type is usable in a facility."""
     scratch = volume_types().load("scratch")
     assert scratch.__module__ == "af_site_example.volumes"
-    base = {"flavors": [{"name": "f", "image": "i", "cpu": 1, "memory": "1Gi",
-                         "volumes": ["scratch"]}]}
-    ok = {**base, "volumes": {"scratch": {"type": "scratch", "mount": "/scratch",
-                                          "host_path": "/mnt/nvme", "size": "100Gi"}}}
+    base = {
+        "flavors": [{"name": "f", "image": "i", "cpu": 1, "memory": "1Gi", "volumes": ["scratch"]}]
+    }
+    ok = {
+        **base,
+        "volumes": {
+            "scratch": {
+                "type": "scratch",
+                "mount": "/scratch",
+                "host_path": "/mnt/nvme",
+                "size": "100Gi",
+            }
+        },
+    }
     assert load_facility(ok).volumes["scratch"].options["size"] == "100Gi"
     bad = {**base, "volumes": {"scratch": {"type": "scratch", "mount": "/scratch"}}}
-    with pytest.raises(FacilityError, match="volumes.scratch.host_path: required"):
+    with pytest.raises(FacilityError, match=r"volumes\.scratch\.host_path: required"):
         load_facility(bad)
 
 
 def test_unknown_plugin_lists_installed() -> None:
     reg = _registry(EntryPoint("cvmfs", "afspawner.volumes.builtin:CVMFS", GROUPS["volumes"]))
-    with pytest.raises(PluginError, match=r"unknown volume type 'nfs'; installed: cvmfs"):
+    with pytest.raises(PluginError, match="unknown volume type 'nfs'; installed: cvmfs"):
         reg.load("nfs")
 
 
