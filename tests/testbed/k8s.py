@@ -158,9 +158,10 @@ class KubeCluster:
             ],
         )
         with self.http() as client:
-            for node in nodes if nodes is not None else default_nodes():
+            wanted = nodes if nodes is not None else default_nodes()
+            for node in wanted:
                 self._create_node(client, node)
-            self._wait_nodes_ready(client, timeout)
+            self._wait_nodes_ready(client, timeout, len(wanted))
             self._wait(
                 client,
                 "/api/v1/namespaces/default/serviceaccounts/default",
@@ -168,6 +169,20 @@ class KubeCluster:
                 timeout,
             )
         self.startup_seconds = time.monotonic() - started
+
+    def restart_apiserver(self, down_seconds: float = 2.0, timeout: float = 120.0) -> None:
+        """Stop kube-apiserver, keep it down a moment, start it again on the same port."""
+        old = next(p for p in self.procs if p.name == "kube-apiserver")
+        old.stop()
+        self.procs.remove(old)
+        time.sleep(down_seconds)
+        proc = self._spawn("kube-apiserver", self._apiserver_args)
+        with self.http() as client:
+            proc.wait_until(
+                lambda: client.get("/readyz").status_code == 200,
+                timeout,
+                "kube-apiserver /readyz after restart",
+            )
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -222,29 +237,27 @@ class KubeCluster:
     ) -> None:
         port = free_port()
         self.server = f"https://127.0.0.1:{port}"
-        proc = self._spawn(
-            "kube-apiserver",
-            [
-                f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={port}",
-                "--advertise-address=127.0.0.1",
-                "--endpoint-reconciler-type=none",
-                f"--tls-cert-file={crt}",
-                f"--tls-private-key-file={key}",
-                f"--client-ca-file={self.ca_path}",
-                f"--token-auth-file={tokens}",
-                "--authorization-mode=Node,RBAC",
-                "--allow-privileged=true",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={sa_pub}",
-                f"--service-account-signing-key-file={sa_key}",
-                "--service-cluster-ip-range=10.96.0.0/16",
-                "--enable-priority-and-fairness=false",
-                "--profiling=false",
-                "--v=1",
-            ],
-        )
+        self._apiserver_args = [
+            f"--etcd-servers={self.etcd_url}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+            f"--tls-cert-file={crt}",
+            f"--tls-private-key-file={key}",
+            f"--client-ca-file={self.ca_path}",
+            f"--token-auth-file={tokens}",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={sa_pub}",
+            f"--service-account-signing-key-file={sa_key}",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--enable-priority-and-fairness=false",
+            "--profiling=false",
+            "--v=1",
+        ]
+        proc = self._spawn("kube-apiserver", self._apiserver_args)
         with self.http() as client:
             proc.wait_until(
                 lambda: client.get("/readyz").status_code == 200, timeout, "kube-apiserver /readyz"
@@ -289,13 +302,13 @@ class KubeCluster:
         if r.status_code != 201:
             raise RuntimeError(f"creating node {node.name}: {r.status_code} {r.text}")
 
-    def _wait_nodes_ready(self, client: httpx.Client, timeout: float) -> None:
+    def _wait_nodes_ready(self, client: httpx.Client, timeout: float, expected: int) -> None:
         deadline = time.monotonic() + timeout
         pending: list[str] = []
         while time.monotonic() < deadline:
             items = client.get("/api/v1/nodes").json()["items"]
             pending = [n["metadata"]["name"] for n in items if not _ready_untainted(n)]
-            if items and not pending:
+            if len(items) >= expected and not pending:
                 return
             self._check_alive()
             time.sleep(0.5)

@@ -51,9 +51,11 @@ class Informer:
         path: str,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        watch_seconds: int = WATCH_SECONDS,
     ) -> None:
         self.api = api
         self.path = path
+        self.watch_seconds = watch_seconds
         self.selectors = {
             k: v
             for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector))
@@ -140,9 +142,9 @@ class Informer:
             "watch": "1",
             "resourceVersion": self.resource_version,
             "allowWatchBookmarks": "true",
-            "timeoutSeconds": WATCH_SECONDS,
+            "timeoutSeconds": self.watch_seconds,
         }
-        resp = await stream(self.api, self.path, query, WATCH_SECONDS + 30)
+        resp = await stream(self.api, self.path, query, self.watch_seconds + 30)
         try:
             async for line in _lines(resp):
                 event = json.loads(line)
