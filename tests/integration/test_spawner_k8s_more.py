@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from afspawner.backends.kubernetes import KubernetesBackend, KubeSettings
 from afspawner.kube.reconcile import QUOTA_NAME
-from afspawner.loader import load_facility, load_facility_file
+from afspawner.loader import load_facility_file
 from afspawner.manifests import PodSettings, make_objects
 from afspawner.plan import UserIdentity
 from afspawner.policy import SpawnOptions, UserContext, offered_flavors, resolve
@@ -182,7 +181,7 @@ async def test_restarted_hub_rebuilds_ledger_and_polls_running_servers(
     spawner = app.users["alice"].spawners["analysis"]
     saved = spawner.get_state()
     # a new process: fresh backend and informers see only the cluster
-    fac = load_facility(yaml.safe_load(Path(spawner.facility_file).read_text()))
+    fac = load_facility_file(spawner.facility_file)
     backend = KubernetesBackend(
         fac, KubeSettings(namespace=app.af_namespace, kubeconfig=str(k8s_cluster.kubeconfig))
     )
