@@ -254,7 +254,7 @@ def parse_rules(raw: object, path: str = "mapping") -> tuple[list[Rule], list[Co
 
 def _valid_output(kind: str, name: str) -> bool:
     pattern = {"groups": GROUP_NAME, "roles": ROLE_NAME, "vos": VO_NAME}[kind]
-    return bool(pattern.match(name))
+    return bool(pattern.fullmatch(name))
 
 
 def _render(templates: Sequence[str], kind: str, fields: Mapping[str, str]) -> set[str]:

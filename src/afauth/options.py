@@ -8,6 +8,7 @@ Secret options are never echoed back in messages.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -157,6 +158,15 @@ def check_options(
         if message:
             problems.append((key, message))
     return problems
+
+
+def file_problem(path: str) -> str | None:
+    """Why the file at ``path`` cannot be read at hub start, or ``None``."""
+    if not os.path.isfile(path):
+        return f"file {path} does not exist"
+    if not os.access(path, os.R_OK):
+        return f"file {path} is not readable by the hub"
+    return None
 
 
 def as_list(value: object) -> list[str]:

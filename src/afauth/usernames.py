@@ -30,7 +30,7 @@ def username_problem(raw: object, *, max_length: int = DEFAULT_MAX_LENGTH) -> st
         return f"the user name from the identity provider is too long ({len(raw)} characters)"
     if not raw.isascii():
         return "the user name contains non-ASCII characters, which this hub does not accept"
-    if not _PRINTABLE.match(raw):
+    if not _PRINTABLE.fullmatch(raw):
         return "the user name contains spaces or control characters"
     return None
 
@@ -48,7 +48,7 @@ def normalise_username(raw: object, *, max_length: int = DEFAULT_MAX_LENGTH) -> 
             problem = "the user name has no letters or digits"
         elif len(name) > max_length:
             problem = f"the user name is longer than {max_length} characters"
-        elif not _SAFE.match(name):  # pragma: no cover - guaranteed by the substitutions
+        elif not _SAFE.fullmatch(name):  # pragma: no cover - guaranteed by the substitutions
             problem = "the user name is not a safe hub name"
         else:
             return name
@@ -59,4 +59,4 @@ def normalise_username(raw: object, *, max_length: int = DEFAULT_MAX_LENGTH) -> 
 
 
 def is_safe_username(name: str, *, max_length: int = DEFAULT_MAX_LENGTH) -> bool:
-    return len(name) <= max_length and bool(_SAFE.match(name))
+    return len(name) <= max_length and bool(_SAFE.fullmatch(name))

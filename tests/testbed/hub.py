@@ -47,6 +47,8 @@ def hub_config(
             **(spawner or {}),
         },
         "Authenticator": {"enable_auth_state": True, "allow_all": True, **(authenticator or {})},
+        # one pid file per hub: a shared one makes a new hub kill the previous test's proxy
+        "ConfigurableHTTPProxy": {"pid_file": str(facility_file.parent / "proxy.pid")},
     }
 
 

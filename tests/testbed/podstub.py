@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -57,22 +58,30 @@ class PodStub:
                                 )
                 await asyncio.sleep(0.1)
 
-    def start(self) -> None:
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._follow())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
         for server in self.servers.values():
             server.close()
         self.servers.clear()
 
+    def start(self) -> None:
+        """Run in a thread with its own event loop: hub teardowns cancel their loop's tasks."""
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),),
+                                        name="pod-stub", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(10)
+
 
 @pytest.fixture(scope="session")
-async def pod_stub(k8s_cluster: KubeCluster) -> AsyncIterator[PodStub]:
+def pod_stub(k8s_cluster: KubeCluster) -> Iterator[PodStub]:
     stub = PodStub(k8s_cluster)
     stub.start()
     yield stub
-    await stub.stop()
+    stub.stop()

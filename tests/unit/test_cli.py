@@ -21,9 +21,9 @@ def run(*argv: str) -> tuple[int, str, str]:
 def test_check_valid_file_summarises() -> None:
     code, out, err = run("check", str(EXAMPLE))
     assert code == 0, err
-    assert "UCSD CMS analysis facility: 2 VO(s), 4 flavor(s), 2 GPU class(es), 3 volume(s)" in out
+    assert "UCSD CMS analysis facility: 2 VO(s), 5 flavor(s), 2 GPU class(es), 3 volume(s)" in out
     assert "cms [namespace af-cms]: total cpu 400, memory 1.56Ti, servers 200" in out
-    assert "flavors: cms-el9, cms-gpu-t4, cms-gpu-a100" in out
+    assert "flavors: cms-el9, cms-el9-large, general-purpose, ml-gpu-t4, ml-gpu-a100" in out
     assert "t4: nvidia.com/gpu (whole) on nvidia.com/gpu.product=Tesla-T4" in out
     assert "cvmfs: cvmfs at /cvmfs (read-only)" in out
     assert len(out.splitlines()) <= 25  # one screen

@@ -13,7 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from afauth.errors import AuthFailure
 from afauth.identity import Identity
-from afauth.options import NAME_RE, Option, as_list, check_options
+from afauth.options import NAME_RE, Option, as_list, check_options, file_problem
+from afauth.usernames import DEFAULT_MAX_LENGTH
 
 #: Options every IdP accepts, whatever its type.
 COMMON_OPTIONS: Mapping[str, Option] = {
@@ -36,9 +37,18 @@ class IdentityProvider:
     options: ClassVar[Mapping[str, Option]] = {}
     #: Insecure types (``dev``) are refused unless the site explicitly allows them.
     insecure: ClassVar[bool] = False
+    #: Options naming files that must be readable when the hub starts.
+    files: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: Mapping[str, Any], *, log: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        log: logging.Logger | None = None,
+        max_username_length: int = DEFAULT_MAX_LENGTH,
+    ) -> None:
         self.config = dict(config)
+        self.max_username_length = max_username_length
         self.name: str = str(config["name"])
         self.display_name: str = str(config.get("display_name") or self.default_display_name())
         self.hidden: bool = bool(config.get("hidden", False))
@@ -56,12 +66,17 @@ class IdentityProvider:
         """Problems as ``(option key, message)``; empty when ``config`` is valid."""
         problems = check_options(cls.all_options(), config, f"a {cls.type_name} IdP")
         name = config.get("name")
-        if isinstance(name, str) and not NAME_RE.match(name):
+        if isinstance(name, str) and not NAME_RE.fullmatch(name):
             problems.append(
                 ("name", f"'{name[:40]}' must be lower-case letters, digits and '-' (≤ 32)")
             )
         if not problems:
             problems.extend(cls.check_combination(config))
+        for key in cls.files:
+            path = config.get(key)
+            problem = file_problem(path) if isinstance(path, str) and path else None
+            if problem:
+                problems.append((key, problem))
         return problems
 
     @classmethod
