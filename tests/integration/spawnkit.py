@@ -152,8 +152,9 @@ async def hub_api(app: Any, method: str, *path: str, body: Any = None) -> httpx.
         return await client.request(method, url, json=body, headers=headers)
 
 
-async def request_spawn(app: Any, user: str, options: dict[str, Any] | None = None,
-                        server: str = "") -> httpx.Response:
+async def request_spawn(
+    app: Any, user: str, options: dict[str, Any] | None = None, server: str = ""
+) -> httpx.Response:
     path = ("users", user, "servers", server) if server else ("users", user, "server")
     return await hub_api(app, "POST", *path, body=options or {})
 

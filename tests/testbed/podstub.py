@@ -69,8 +69,9 @@ class PodStub:
 
     def start(self) -> None:
         """Run in a thread with its own event loop: hub teardowns cancel their loop's tasks."""
-        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),),
-                                        name="pod-stub", daemon=True)
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._main(),), name="pod-stub", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
