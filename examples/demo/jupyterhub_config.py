@@ -1,0 +1,61 @@
+"""The demo hub of `scripts/demo`: dev IdP (INSECURE, demo only) + local backend.
+
+Users: ada (CMS, approved for GPUs, uid 50001), bob (DUNE, uid from the account pool),
+any password. Open http://127.0.0.1:8000 after `scripts/demo`.
+"""
+
+import os
+from pathlib import Path
+
+c = get_config()  # type: ignore[name-defined]  # noqa: F821
+here = Path(__file__).resolve().parent
+state = Path(os.environ.get("AF_DEMO_DIR", Path.home() / ".cache" / "jupyterhub-af" / "demo"))
+
+c.JupyterHub.bind_url = os.environ.get("AF_DEMO_URL", "http://127.0.0.1:8000")
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(state / "cookie_secret")
+c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+c.JupyterHub.allow_named_servers = True
+
+# --- who: the insecure demo IdP, mapped to hub groups and VOs ----------------------------
+c.JupyterHub.authenticator_class = "af"
+c.AFAuthenticator.allow_insecure_dev_idp = True
+c.AFAuthenticator.enable_auth_state = True  # carries uid/gid and VOs to the spawner
+c.AFAuthenticator.allow_all = True
+c.AFAuthenticator.binding_db = str(state / "afauth-bindings.sqlite")
+c.AFAuthenticator.idps = [
+    {
+        "name": "demo",
+        "type": "dev",
+        "display_name": "Demo sign-in (any password)",
+        "users": {
+            "ada": {"groups": ["cms", "gpu-approved"], "uid": 50001, "gid": 5063},
+            "bob": {"groups": ["dune"]},
+        },
+    },
+]
+c.AFAuthenticator.mapping = [
+    {"idp": "demo", "claim": "groups", "match": "cms|dune", "vo": "{value}", "group": "{value}"},
+    {"idp": "demo", "claim": "groups", "value": "gpu-approved", "group": "gpu-approved"},
+]
+
+# --- what: flavors by VO, quotas, local processes ------------------------------------------
+c.JupyterHub.spawner_class = "af"
+c.AFSpawner.facility_file = str(here / "facility.yaml")
+c.AFSpawner.backend = "local"
+c.AFSpawner.backend_options = {
+    "root_dir": str(state / "servers"),
+    # Demo only: servers run as the hub's own user, without isolation. A real single-machine
+    # site runs the hub as root with a Python every user can execute, and drops this option:
+    # the local backend then switches to each user's uid/gid.
+    "run_as_hub_user": True,
+}
+if os.geteuid() == 0:  # e.g. a container: Jupyter refuses root unless told
+    c.AFSpawner.args = ["--allow-root"]
+c.AFSpawner.uid_sources = ["auth_state", "pool"]
+c.AFSpawner.uid_pool_file = str(state / "uid-pool.json")
+c.AFSpawner.uid_pool_range = [60000, 60999]
+c.AFSpawner.uid_pool_gid = 60000
+c.AFSpawner.default_url = "/lab"
+c.AFSpawner.start_timeout = 60
