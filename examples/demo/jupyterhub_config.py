@@ -13,6 +13,8 @@ state = Path(os.environ.get("AF_DEMO_DIR", Path.home() / ".cache" / "jupyterhub-
 
 c.JupyterHub.bind_url = os.environ.get("AF_DEMO_URL", "http://127.0.0.1:8000")
 c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = int(os.environ.get("AF_DEMO_HUB_PORT", "8081"))
+c.ConfigurableHTTPProxy.api_url = os.environ.get("AF_DEMO_PROXY_API", "http://127.0.0.1:8001")
 c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(state / "cookie_secret")
 c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the real test bed needs (idempotent, non-interactive).
 #
+# chromium, chromium-driver: headless browser for the page tests (tests/integration/test_demo_browser.py).
 # slapd, ldap-utils: OpenLDAP server + client tools. The tests start their own slapd processes on
 # loopback ports (tests/testbed/ldap.py); no system-wide directory server must be configured or left
 # running (it would hold port 389 and is not ours).
@@ -12,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 need=()
-for pkg in slapd ldap-utils; do
+for pkg in slapd ldap-utils chromium chromium-driver; do
   installed "$pkg" || need+=("$pkg")
 done
 
@@ -36,6 +37,6 @@ elif [ -x /etc/init.d/slapd ] && [ -s /var/run/slapd/slapd.pid ]; then
   $SUDO /etc/init.d/slapd stop >/dev/null 2>&1 || true
 fi
 
-for bin in /usr/sbin/slapd /usr/sbin/slapadd /usr/bin/ldapsearch; do
+for bin in /usr/sbin/slapd /usr/sbin/slapadd /usr/bin/ldapsearch /usr/bin/chromium /usr/bin/chromedriver; do
   [ -x "$bin" ] || { echo "system-deps: $bin missing after install" >&2; exit 1; }
 done
