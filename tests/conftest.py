@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from testbed.hub import af_hub
-from testbed.k8s import k8s_cluster
+from testbed.k8s import k8s_api, k8s_cluster
 from testbed.ldap import ldap_testbed, ldap_testbed_factory
 from testbed.oidc import oidc_testbed
 from testbed.podstub import pod_stub
 
 __all__ = [
     "af_hub",
+    "k8s_api",
     "k8s_cluster",
     "ldap_testbed",
     "ldap_testbed_factory",

@@ -119,18 +119,7 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
         self._used_states: dict[str, float] = {}
         self._refresh_locks: dict[str, asyncio.Lock] = {}
         self._renewed: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.config_state: AuthConfig = build_config(
-            idps=self.idps,
-            mapping=self.mapping,
-            mappers=self.mappers,
-            managed_roles=self.managed_roles,
-            vos=self.vos,
-            linked_identities=self.linked_identities,
-            allow_insecure=self.allow_insecure_dev_idp,
-            max_username_length=self.username_max_length,
-            log=self.log,
-            extra_checks=self._check_hub_settings,
-        )
+        self.config_state: AuthConfig = self._build_config(extra_checks=self._check_hub_settings)
         self.bindings = BindingStore(self.binding_db)
         by_user: dict[str, set[tuple[str, str]]] = {}
         for key, name in self.config_state.links.items():
@@ -159,20 +148,24 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
         if self.username_max_length < 3 or self.username_max_length > 128:
             issues.append(ConfigIssue("username_max_length", "must be between 3 and 128"))
 
+    def _build_config(self, **extra: Any) -> AuthConfig:
+        return build_config(
+            idps=self.idps,
+            mapping=self.mapping,
+            mappers=self.mappers,
+            managed_roles=self.managed_roles,
+            vos=self.vos,
+            linked_identities=self.linked_identities,
+            allow_insecure=self.allow_insecure_dev_idp,
+            max_username_length=self.username_max_length,
+            log=self.log,
+            **extra,
+        )
+
     def check_config(self) -> list[ConfigIssue]:
         """Problems of the configuration (empty when valid); for tools and tests."""
         try:
-            build_config(
-                idps=self.idps,
-                mapping=self.mapping,
-                mappers=self.mappers,
-                managed_roles=self.managed_roles,
-                vos=self.vos,
-                linked_identities=self.linked_identities,
-                allow_insecure=self.allow_insecure_dev_idp,
-                max_username_length=self.username_max_length,
-                log=self.log,
-            )
+            self._build_config()
         except ConfigError as exc:
             return exc.issues
         return []

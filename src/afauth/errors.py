@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from afspawner.validation import ConfigIssue  # one key-path error type for both packages
+
+__all__ = ["AuthFailure", "ConfigError", "ConfigIssue"]
 
 
 class AuthFailure(Exception):
@@ -18,17 +20,6 @@ class AuthFailure(Exception):
         self.message = message
         self.detail = detail
         self.status = status
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem of the authenticator configuration, with the key path that caused it."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 class ConfigError(ValueError):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 
 from afspawner.kube.informer import Informer
 from integration.spawnkit import kube_http, new_namespace
@@ -16,11 +15,8 @@ pytestmark = pytest.mark.k8s
 
 
 @pytest.fixture
-async def api(k8s_cluster: KubeCluster) -> AsyncIterator[client.ApiClient]:
-    cfg = client.Configuration()
-    await config.load_kube_config(config_file=str(k8s_cluster.kubeconfig), client_configuration=cfg)
-    async with client.ApiClient(cfg) as api_client:
-        yield api_client
+def api(k8s_api: client.ApiClient) -> client.ApiClient:
+    return k8s_api
 
 
 def _configmap(name: str) -> dict[str, object]:

@@ -7,20 +7,15 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
-
-from testbed.k8s import KubeCluster
 
 pytestmark = pytest.mark.k8s
 
 
 @pytest.fixture
-async def api(k8s_cluster: KubeCluster) -> AsyncIterator[client.ApiClient]:
-    cfg = client.Configuration()
-    await config.load_kube_config(config_file=str(k8s_cluster.kubeconfig), client_configuration=cfg)
-    async with client.ApiClient(cfg) as api_client:
-        yield api_client
+def api(k8s_api: client.ApiClient) -> client.ApiClient:
+    return k8s_api
 
 
 @pytest.fixture

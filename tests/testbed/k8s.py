@@ -14,7 +14,7 @@ import shutil
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,3 +350,14 @@ def k8s_cluster() -> Iterator[KubeCluster]:
         cluster.stop()
         if os.environ.get("AF_KEEP_TESTBED") is None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+async def k8s_api(k8s_cluster: KubeCluster) -> AsyncIterator[Any]:
+    """A kubernetes-asyncio ApiClient for the session's cluster."""
+    from kubernetes_asyncio import client, config
+
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=str(k8s_cluster.kubeconfig), client_configuration=cfg)
+    async with client.ApiClient(cfg) as api_client:
+        yield api_client
