@@ -53,3 +53,45 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "cannot read" in proc.stderr
+
+
+def test_render_prints_the_objects_of_a_gpu_server() -> None:
+    import yaml
+
+    code, out, err = run(
+        "render",
+        str(EXAMPLE),
+        "--user",
+        "alice",
+        "--groups",
+        "cms,gpu-approved",
+        "--flavor",
+        "ml-gpu-t4",
+        "--uid",
+        "50001",
+        "--gid",
+        "5063",
+        "--server",
+        "ml",
+    )
+    assert code == 0, err
+    docs = list(yaml.safe_load_all(out))
+    assert [d["kind"] for d in docs] == ["PersistentVolumeClaim", "Secret", "Pod"]
+    pod = docs[-1]
+    assert pod["metadata"]["name"] == "jupyter-alice--ml"
+    assert pod["metadata"]["namespace"] == "af-cms"
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "Tesla-T4"}
+    assert pod["spec"]["securityContext"]["runAsUser"] == 50001
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_render_refusal_exits_2_with_the_reason() -> None:
+    code, out, err = run(
+        "render", str(EXAMPLE), "--user", "bob", "--groups", "cms", "--flavor", "ml-gpu-t4"
+    )
+    assert code == 2 and out == ""
+    assert "refused (403): NVIDIA T4 GPUs require approval (group gpu-approved)" in err
+    code, _, err = run(
+        "render", str(EXAMPLE), "--user", "bob", "--groups", "cms", "--flavor", "nope"
+    )
+    assert code == 2 and "refused (400): unknown flavor 'nope'" in err
