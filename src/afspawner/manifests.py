@@ -26,6 +26,8 @@ RESERVATION_ANNOTATION = f"{LABEL_PREFIX}/reservation"
 USERNAME_ANNOTATION = f"{LABEL_PREFIX}/username"
 SERVER_ANNOTATION = f"{LABEL_PREFIX}/server-name"
 CONTAINER = "notebook"
+TOKEN_DIR = "/etc/af-token"  # noqa: S105 - a path, not a secret
+TOKEN_KEY = "bearer_token"  # noqa: S105 - a Secret key name
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,24 @@ class Objects:
     pod: dict[str, Any]
     secret: dict[str, Any]
     claims: tuple[dict[str, Any], ...]
+    token_secret: dict[str, Any] | None = None
+
+
+def token_secret_name(pod: str) -> str:
+    return f"{pod}-token"
+
+
+def token_secret(
+    name: str, namespace: str, labels: Mapping[str, str], token: str
+) -> dict[str, Any]:
+    """The Secret behind BEARER_TOKEN_FILE; rewritten when the hub refreshes the token."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "stringData": {TOKEN_KEY: token},
+    }
 
 
 def selector_labels(username: str | None = None) -> dict[str, str]:
@@ -122,8 +142,14 @@ def _volume_type(name: str) -> type[VolumeType]:
         raise ValueError(str(exc)) from exc
 
 
-def make_objects(plan: LaunchPlan, settings: PodSettings) -> Objects:
-    """The Secret, claims and Pod that run ``plan``."""
+def make_objects(
+    plan: LaunchPlan, settings: PodSettings, bearer_token: str | None = None
+) -> Objects:
+    """The Secrets, claims and Pod that run ``plan``.
+
+    With ``bearer_token``, the server finds it at ``$BEARER_TOKEN_FILE`` (WLCG bearer token
+    discovery), a read-only file from its own Secret, never in the pod spec.
+    """
     name = pod_name(plan.username, plan.server_name)
     labels = {
         **settings.extra_labels,
@@ -189,6 +215,24 @@ def make_objects(plan: LaunchPlan, settings: PodSettings) -> Objects:
                 }
                 for t in plan.gpu.tolerations
             ]
+    token = None
+    if bearer_token is not None:
+        token_name = token_secret_name(name)
+        token = token_secret(token_name, settings.namespace, labels, bearer_token)
+        spec["volumes"].append(
+            {
+                "name": "af-token",
+                "secret": {
+                    "secretName": token_name,
+                    "defaultMode": 0o440,
+                    "items": [{"key": TOKEN_KEY, "path": TOKEN_KEY}],
+                },
+            }
+        )
+        container["volumeMounts"].append(
+            {"name": "af-token", "mountPath": TOKEN_DIR, "readOnly": True}
+        )
+        container["env"].append({"name": "BEARER_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"})
     meta = {"name": name, "namespace": settings.namespace, "labels": labels}
     pod = {
         "apiVersion": "v1",
@@ -204,4 +248,4 @@ def make_objects(plan: LaunchPlan, settings: PodSettings) -> Objects:
         "stringData": dict(settings.hub_env),
     }
     claims = tuple(c for r in rendered for c in r.claims)
-    return Objects(pod=pod, secret=secret, claims=claims)
+    return Objects(pod=pod, secret=secret, claims=claims, token_secret=token)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ from afspawner.runtime import Runtime, create_runtime, get_runtime
 from afspawner.uid import PoolSettings, resolve_identity
 
 PROGRESS_DONE = object()
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class AFSpawner(Spawner):  # type: ignore[misc]
@@ -68,6 +73,12 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         help="When no GPU of the class is free: refuse at once, or wait in a FIFO.",
     )
     gpu_queue_timeout = Float(900, config=True, help="Seconds a spawn may wait for a GPU.")
+    bearer_token_file = Bool(
+        True,
+        config=True,
+        help="Give servers the user's OIDC access token (auth_state) as $BEARER_TOKEN_FILE "
+        "and rewrite it whenever the hub refreshes the token.",
+    )
 
     @default("port")
     def _default_port(self) -> int:
@@ -185,6 +196,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
             self.log.warning("spawn %s refused: %s", self._log_name, exc.message)
             raise web.HTTPError(exc.status, "%s", exc.message) from None
         waiter = None
+        token = self._bearer_token(auth_state)
         try:
             if plan.gpu is not None:
                 waiter = await self._wait_for_gpu(rt, plan.gpu.gpu_class, plan.gpu.count)
@@ -195,6 +207,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
                 self.get_env(),
                 self.port,
                 float(self.start_timeout),
+                token,
             )
             started = await rt.backend.launch(request, self._progress)
         except BaseException as exc:
@@ -212,6 +225,8 @@ class AFSpawner(Spawner):  # type: ignore[misc]
                 rt.queue.done(plan.gpu.gpu_class, waiter)
                 rt.queue.leave(plan.gpu.gpu_class, waiter)
         self._state = {**started.state, "vo": plan.vo, "flavor": plan.flavor}
+        if token is not None:
+            self._state["token_sha"] = _digest(token)
         self._progress(f"Server running ({plan.flavor})")
         return started.host, started.port
 
@@ -264,7 +279,28 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         status = await rt.backend.poll(self._state)
         if status is not None:
             rt.ledger.release(self.user.name, self.name)
+        elif "token_sha" in self._state:
+            await self._sync_token(rt)
         return status
+
+    def _bearer_token(self, auth_state: Mapping[str, Any]) -> str | None:
+        token = auth_state.get("access_token") if self.bearer_token_file else None
+        return token if isinstance(token, str) and token else None
+
+    async def _sync_token(self, rt: Runtime) -> None:
+        """Rewrite the server's token file when the hub has refreshed the token."""
+        token = self._bearer_token(await self._auth_state())
+        if token is None or _digest(token) == self._state.get("token_sha"):
+            return
+        try:
+            await rt.backend.update_token(self._state, token)
+        except Exception as exc:  # keep polling; the next poll tries again
+            self.log.warning(
+                "could not update the token of %s: %s", self._log_name, type(exc).__name__
+            )
+            return
+        self._state["token_sha"] = _digest(token)
+        self.log.info("refreshed the bearer token of %s", self._log_name)
 
     async def stop(self, now: bool = False) -> None:
         rt = self.runtime

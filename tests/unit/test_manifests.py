@@ -265,3 +265,20 @@ def test_settings_are_applied(image_pull_policy: str) -> None:
     assert c["ports"][0]["containerPort"] == 9999
     assert "runAsNonRoot" not in pod["spec"]["securityContext"]
     assert pod["metadata"]["labels"]["site"] == "ucsd"
+
+
+def test_bearer_token_is_a_file_from_its_own_secret() -> None:
+    objs = make_objects(PLAN, SETTINGS, bearer_token="eyJ.access.token")
+    pod, token = objs.pod, objs.token_secret
+    assert token is not None
+    assert token["metadata"]["name"] == "jupyter-o-27brien--gpu1-token"
+    assert token["stringData"] == {"bearer_token": "eyJ.access.token"}
+    assert "eyJ.access.token" not in str(pod) and "eyJ" not in str(objs.secret)
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert vols["af-token"]["secret"]["secretName"] == "jupyter-o-27brien--gpu1-token"
+    assert vols["af-token"]["secret"]["defaultMode"] == 0o440  # group = fsGroup can read
+    [c] = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["BEARER_TOKEN_FILE"] == "/etc/af-token/bearer_token"
+    assert {"name": "af-token", "mountPath": "/etc/af-token", "readOnly": True} in c["volumeMounts"]
+    assert make_objects(PLAN, SETTINGS).token_secret is None

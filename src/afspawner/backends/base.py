@@ -43,6 +43,7 @@ class LaunchRequest:
     hub_env: Mapping[str, str]  # JUPYTERHUB_* incl. the API token: secret
     port: int
     timeout: float
+    bearer_token: str | None = field(default=None, repr=False)  # WLCG token file contents
 
 
 class Backend(ABC):
@@ -72,6 +73,10 @@ class Backend(ABC):
     @abstractmethod
     async def stop(self, state: Mapping[str, Any], now: bool = False) -> None:
         """Stop the server and remove what was created for it (idempotent)."""
+
+    async def update_token(self, state: Mapping[str, Any], token: str) -> None:
+        """Replace the bearer token a running server sees (after the hub refreshed it)."""
+        return None
 
     async def running(self) -> list[Reservation]:
         """Reservations of every server this backend runs (to rebuild quotas on restart)."""

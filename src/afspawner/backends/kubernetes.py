@@ -17,7 +17,14 @@ from afspawner.kube.client import KubeError, request, shared_api_client
 from afspawner.kube.informer import Informer, object_key, shared_informer
 from afspawner.kube.reconcile import reconcile_vo_namespaces
 from afspawner.kube.status import exit_status, pod_failure, pod_ready
-from afspawner.manifests import PodSettings, make_objects, reservation_from_pod, selector_labels
+from afspawner.manifests import (
+    PodSettings,
+    make_objects,
+    reservation_from_pod,
+    selector_labels,
+    token_secret,
+    token_secret_name,
+)
 from afspawner.quota import Reservation
 
 log = logging.getLogger("afspawner.kubernetes")
@@ -160,7 +167,7 @@ class KubernetesBackend(Backend):
             allow_root=self.settings.allow_root,
             extra_labels=self.settings.extra_labels,
         )
-        objs = make_objects(req.plan, settings)
+        objs = make_objects(req.plan, settings, req.bearer_token)
         name = objs.pod["metadata"]["name"]
         state = {"namespace": ns, "pod": name}
         key = f"{ns}/{name}"
@@ -178,7 +185,8 @@ class KubernetesBackend(Backend):
 
         unsubscribe = self.events.add_listener(on_event)
         try:
-            await self._create(objs.claims, objs.secret, objs.pod)
+            secrets = [objs.secret] + ([objs.token_secret] if objs.token_secret else [])
+            await self._create(objs.claims, secrets, objs.pod)
             if req.plan.gpu is not None:
                 self.note_granted(ns, name, req.plan.gpu.gpu_class, req.plan.gpu.count)
             progress(f"Server pod {ns}/{name} created; waiting for Kubernetes to start it")
@@ -191,8 +199,21 @@ class KubernetesBackend(Backend):
             unsubscribe()
         return Started(pod["status"]["podIP"], req.port, state)
 
+    async def _put_secret(self, secret: dict[str, Any]) -> None:
+        """Create the Secret, or replace one left by an earlier server of the same name."""
+        base = f"/api/v1/namespaces/{secret['metadata']['namespace']}/secrets"
+        try:
+            await request(self.api, "POST", base, body=secret)
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            await request(self.api, "PUT", f"{base}/{secret['metadata']['name']}", body=secret)
+
     async def _create(
-        self, claims: tuple[dict[str, Any], ...], secret: dict[str, Any], pod: dict[str, Any]
+        self,
+        claims: tuple[dict[str, Any], ...],
+        secrets: list[dict[str, Any]],
+        pod: dict[str, Any],
     ) -> None:
         ns = pod["metadata"]["namespace"]
         base = f"/api/v1/namespaces/{ns}"
@@ -203,14 +224,8 @@ class KubernetesBackend(Backend):
                 except KubeError as exc:
                     if exc.status != 409:  # the user's home claim already exists: keep it
                         raise
-            try:
-                await request(self.api, "POST", f"{base}/secrets", body=secret)
-            except KubeError as exc:
-                if exc.status != 409:
-                    raise
-                await request(
-                    self.api, "PUT", f"{base}/secrets/{secret['metadata']['name']}", body=secret
-                )
+            for secret in secrets:
+                await self._put_secret(secret)
             await request(self.api, "POST", f"{base}/pods", body=pod)
         except KubeError as exc:
             raise LaunchFailed(f"Kubernetes refused the server: {exc.message}") from exc
@@ -268,7 +283,12 @@ class KubernetesBackend(Backend):
             "gracePeriodSeconds": 0 if now else 10,
             "propagationPolicy": "Background",
         }
-        for path in (f"{base}/pods/{name}", f"{base}/secrets/{name}"):
+        paths = (
+            f"{base}/pods/{name}",
+            f"{base}/secrets/{name}",
+            f"{base}/secrets/{token_secret_name(name)}",
+        )
+        for path in paths:
             try:
                 await request(self.api, "DELETE", path, body=body)
             except KubeError as exc:
@@ -279,6 +299,15 @@ class KubernetesBackend(Backend):
             await asyncio.wait_for(self.pods.wait_for(lambda: key not in self.pods.store), 60)
         except TimeoutError:
             log.warning("pod %s still present 60s after deletion", key)
+
+    async def update_token(self, state: Mapping[str, Any], token: str) -> None:
+        await self.setup()
+        ns, name = state.get("namespace"), state.get("pod")
+        if not ns or not name:
+            return
+        pod = self.pods.store.get(f"{ns}/{name}") or {}
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        await self._put_secret(token_secret(token_secret_name(str(name)), str(ns), labels, token))
 
     async def running(self) -> list[Reservation]:
         await self.setup()

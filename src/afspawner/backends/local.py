@@ -43,6 +43,23 @@ def _with_port(url: str, ip: str, port: int) -> str:
     return urlunsplit((parts.scheme or "http", f"{ip}:{port}", parts.path, parts.query, ""))
 
 
+def _write_token(path: Path, token: str, owner: tuple[int, int] | None) -> None:
+    """Atomically replace the token file (mode 0600, owned by the server's user as root)."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+    if owner is not None:
+        os.chown(tmp, *owner)
+    os.replace(tmp, path)
+
+
+def _rewrite_token(path: Path, token: str) -> None:
+    """Replace an existing token file, keeping its owner."""
+    st = path.stat()
+    _write_token(path, token, (st.st_uid, st.st_gid) if os.geteuid() == 0 else None)
+
+
 class LocalBackend(Backend):
     @classmethod
     def create(cls, facility: Facility, options: Mapping[str, Any], spawner: Any) -> Backend:
@@ -96,6 +113,12 @@ class LocalBackend(Backend):
             "NB_GID": str(ident.gid),
             "AF_FLAVOR": plan.flavor,
         }
+        state: dict[str, Any] = {}
+        if req.bearer_token is not None:
+            token_file = workdir / ".af-bearer-token"
+            _write_token(token_file, req.bearer_token, (ident.uid, ident.gid) if as_root else None)
+            env["BEARER_TOKEN_FILE"] = str(token_file)
+            state["token_file"] = str(token_file)
         if "JUPYTERHUB_SERVICE_URL" in env:
             env["JUPYTERHUB_SERVICE_URL"] = _with_port(
                 env["JUPYTERHUB_SERVICE_URL"], self.settings.ip, port
@@ -123,7 +146,12 @@ class LocalBackend(Backend):
         except OSError as exc:
             raise LaunchFailed(f"cannot run {cmd[0]}: {exc.strerror or exc}") from exc
         self._procs[proc.pid] = proc
-        return Started(self.settings.ip, port, {"pid": proc.pid})
+        return Started(self.settings.ip, port, {"pid": proc.pid, **state})
+
+    async def update_token(self, state: Mapping[str, Any], token: str) -> None:
+        path = state.get("token_file")
+        if path:
+            await asyncio.to_thread(_rewrite_token, Path(str(path)), token)
 
     async def poll(self, state: Mapping[str, Any]) -> int | None:
         pid = int(state.get("pid", 0))
