@@ -8,16 +8,16 @@ IdPs, mappers, managed roles and links out, or a :class:`ConfigError` listing
 from __future__ import annotations
 
 import logging
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from afauth.errors import ConfigError, ConfigIssue, join_path
 from afauth.idps import IdentityProvider, idp_types
 from afauth.mapping import ROLE_NAME, VO_NAME, Mapper, RulesMapper, mapper_types
 from afauth.usernames import is_safe_username
-from afspawner.registry import PluginError, Registry
+from afcore.issues import Checker, ConfigError, ConfigIssue, join_path
+from afcore.registry import PluginError, Registry
+from afcore.templates import TemplateError, placeholders
 
 ROLE_KEYS = ("description", "name", "scopes")
 
@@ -31,15 +31,7 @@ class AuthConfig:
     vos: frozenset[str] = frozenset()
 
 
-@dataclass
-class _Builder:
-    issues: list[ConfigIssue] = field(default_factory=list)
-
-    def err(self, path: str, message: str) -> None:
-        self.issues.append(ConfigIssue(path, message))
-
-
-def _plugin(registry: Registry[Any], name: object, path: str, b: _Builder) -> Any:
+def _plugin(registry: Registry[Any], name: object, path: str, b: Checker) -> Any:
     if not isinstance(name, str) or not name:
         b.err(path, "required: the plugin type")
         return None
@@ -52,7 +44,7 @@ def _plugin(registry: Registry[Any], name: object, path: str, b: _Builder) -> An
 
 def build_idps(
     raw: object,
-    b: _Builder,
+    b: Checker,
     *,
     allow_insecure: bool,
     max_username_length: int,
@@ -74,8 +66,7 @@ def build_idps(
         if cls is None:
             continue
         problems = cls.validate(entry)
-        for key, message in problems:
-            b.err(join_path(path, key), message)
+        b.extend(path, problems)
         name = entry.get("name")
         if isinstance(name, str) and name in seen:
             b.err(join_path(path, "name"), f"'{name}' is already used by idps[{seen[name]}]")
@@ -100,7 +91,7 @@ def build_idps(
 
 
 def build_mappers(
-    rules: object, mappers: object, b: _Builder, registry: Registry[type[Mapper]] | None = None
+    rules: object, mappers: object, b: Checker, registry: Registry[type[Mapper]] | None = None
 ) -> list[Mapper]:
     out: list[Mapper] = []
     issues = RulesMapper.validate({"rules": rules}, "")
@@ -133,13 +124,14 @@ def build_mappers(
 
 
 def _template_names(template: str) -> list[str]:
+    """Placeholders of a role name or scope; ``["?"]`` when it is not a valid template."""
     try:
-        return [n for _, n, _, _ in string.Formatter().parse(template) if n is not None]
-    except ValueError:
+        return placeholders(template)
+    except TemplateError:
         return ["?"]
 
 
-def build_roles(raw: object, vos: Sequence[str], b: _Builder) -> dict[str, dict[str, Any]]:
+def build_roles(raw: object, vos: Sequence[str], b: Checker) -> dict[str, dict[str, Any]]:
     """Managed roles; a name with ``{vo}`` is one role per VO in ``vos``."""
     roles: dict[str, dict[str, Any]] = {}
     if not isinstance(raw, list | tuple):
@@ -193,7 +185,7 @@ def build_roles(raw: object, vos: Sequence[str], b: _Builder) -> dict[str, dict[
     return roles
 
 
-def check_role_outputs(mappers: Sequence[Mapper], roles: Mapping[str, Any], b: _Builder) -> None:
+def check_role_outputs(mappers: Sequence[Mapper], roles: Mapping[str, Any], b: Checker) -> None:
     """A literal role a rule grants must be a managed role (templated ones are filtered later)."""
     for mapper in mappers:
         for template in mapper.role_templates():
@@ -219,7 +211,7 @@ def warn_rule_idps(
 
 
 def build_links(
-    raw: object, idps: Mapping[str, IdentityProvider], b: _Builder, max_length: int
+    raw: object, idps: Mapping[str, IdentityProvider], b: Checker, max_length: int
 ) -> dict[tuple[str, str], str]:
     """``{"alice": ["cern:alice", "iam:5f0e..."]}`` → ``{(idp, subject): "alice"}``."""
     links: dict[tuple[str, str], str] = {}
@@ -262,7 +254,7 @@ def build_config(
     extra_checks: Callable[[AuthConfig, list[ConfigIssue]], None] | None = None,
 ) -> AuthConfig:
     """Everything, or :class:`ConfigError` with every problem found."""
-    b = _Builder()
+    b = Checker()
     vo_list: list[str] = []
     if not isinstance(vos, list | tuple | set | frozenset):
         b.err("vos", "expected a list of VO names")
@@ -284,5 +276,5 @@ def build_config(
     if extra_checks is not None:
         extra_checks(config, b.issues)
     if b.issues:
-        raise ConfigError(b.issues)
+        raise ConfigError(b.issues, "AFAuthenticator configuration")
     return config

@@ -1,10 +1,9 @@
-"""Errors of the authenticator: user-facing login refusals and configuration problems."""
+"""User-facing login refusals.
+
+Configuration problems use :class:`afcore.issues.ConfigError` like the rest of the project.
+"""
 
 from __future__ import annotations
-
-from afspawner.validation import ConfigIssue  # one key-path error type for both packages
-
-__all__ = ["AuthFailure", "ConfigError", "ConfigIssue"]
 
 
 class AuthFailure(Exception):
@@ -20,19 +19,3 @@ class AuthFailure(Exception):
         self.message = message
         self.detail = detail
         self.status = status
-
-
-class ConfigError(ValueError):
-    """The authenticator configuration is invalid; ``issues`` lists every problem."""
-
-    def __init__(self, issues: list[ConfigIssue], source: str = "AFAuthenticator") -> None:
-        self.issues = issues
-        lines = "\n".join(f"  - {issue}" for issue in issues)
-        super().__init__(f"{source} configuration has {len(issues)} error(s):\n{lines}")
-
-
-def join_path(prefix: str, key: str | int) -> str:
-    """``idps[2]`` + ``client_id`` → ``idps[2].client_id``; ints become ``[n]``."""
-    if isinstance(key, int):
-        return f"{prefix}[{key}]"
-    return f"{prefix}.{key}" if prefix else key

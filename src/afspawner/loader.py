@@ -9,10 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import yaml
 
+from afcore.issues import Checker, ConfigError, ConfigIssue, join_path, kind
+from afcore.quantity import cpu_millis, memory_bytes
+from afcore.registry import PluginError
+from afcore.templates import PATH_FIELDS, template_problem
 from afspawner.facility import (
     VO,
     Facility,
@@ -25,13 +29,7 @@ from afspawner.facility import (
     Volume,
     frozen_map,
 )
-from afspawner.quantity import cpu_millis, memory_bytes
 from afspawner.references import cross_check
-from afspawner.registry import PluginError
-from afspawner.validation import Checker as _Checker
-from afspawner.validation import ConfigIssue, FacilityError
-from afspawner.validation import join as _join
-from afspawner.validation import kind as _kind
 from afspawner.volumes import VolumeType, volume_types
 
 T = TypeVar("T")
@@ -49,7 +47,14 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_FILE_BYTES = 1 << 20
 
 
-def _resources(c: _Checker, raw: object, path: str) -> Resources:
+class FacilityError(ConfigError):
+    """The facility file is invalid; ``issues`` lists every problem, ``source`` names the file."""
+
+    def __init__(self, issues: list[ConfigIssue], source: str = "facility") -> None:
+        super().__init__(issues, source)
+
+
+def _resources(c: Checker, raw: object, path: str) -> Resources:
     data = c.mapping(raw, path, {"cpu", "memory", "servers", "gpus"})
     if data is None:
         return Resources()
@@ -61,7 +66,7 @@ def _resources(c: _Checker, raw: object, path: str) -> Resources:
             set(data["gpus"]) if isinstance(data["gpus"], Mapping) else set(),
         )
         for name, n in (gmap or {}).items():
-            counted = c.count(n, _join(f"{path}.gpus", name))
+            counted = c.count(n, join_path(f"{path}.gpus", name))
             if counted is not None:
                 gpus[name] = counted
     return Resources(
@@ -74,7 +79,7 @@ def _resources(c: _Checker, raw: object, path: str) -> Resources:
     )
 
 
-def _vo(c: _Checker, name: str, raw: object, path: str) -> VO:
+def _vo(c: Checker, name: str, raw: object, path: str) -> VO:
     c.string(name, path, DNS_LABEL, "VO name (lower-case letters, digits and '-')")
     data = c.mapping(raw, path, {"display", "namespace", "quota", "per_user"}) or {}
     namespace = None
@@ -82,14 +87,14 @@ def _vo(c: _Checker, name: str, raw: object, path: str) -> VO:
         namespace = c.string(data["namespace"], f"{path}.namespace", DNS_LABEL, "namespace name")
     return VO(
         name=name,
-        display=c.string(data["display"], f"{path}.display") or name if "display" in data else name,
+        display=_display(c, data, path, name),
         namespace=namespace,
         quota=_resources(c, data.get("quota", {}), f"{path}.quota"),
         per_user=_resources(c, data.get("per_user", {}), f"{path}.per_user"),
     )
 
 
-def _toleration(c: _Checker, raw: object, path: str) -> Toleration | None:
+def _toleration(c: Checker, raw: object, path: str) -> Toleration | None:
     data = c.mapping(raw, path, {"key", "operator", "value", "effect"}, {"key"})
     if data is None or "key" not in data:
         return None
@@ -120,70 +125,66 @@ def _gpu_sharing(resource: str) -> GPUSharing:
     return "whole"
 
 
-def _gpu_class(c: _Checker, name: str, raw: object, path: str) -> GPUClass:
-    c.string(name, path, GPU_CLASS_NAME, "GPU class name (lower-case letters, digits, '-', '.')")
-    data = (
-        c.mapping(
-            raw,
-            path,
-            {"display", "resource", "selector", "tolerations", "max_per_user", "groups", "sharing"},
-            {"resource"},
-        )
-        or {}
-    )
-    resource = ""
-    if "resource" in data:
-        resource = (
-            c.string(
-                data["resource"],
-                f"{path}.resource",
-                EXTENDED_RESOURCE,
-                "extended resource name (e.g. nvidia.com/gpu)",
-            )
-            or ""
-        )
-    sharing = _gpu_sharing(resource)
-    if "sharing" in data:
-        if data["sharing"] not in ("whole", "mig", "time-sliced"):
-            c.err(f"{path}.sharing", f"must be whole, mig or time-sliced; got {data['sharing']!r}")
-        else:
-            sharing = cast(GPUSharing, data["sharing"])
+def _selector(c: Checker, raw: object, path: str) -> dict[str, str]:
     selector: dict[str, str] = {}
-    sel = c.mapping(
-        data.get("selector", {}),
-        f"{path}.selector",
-        set(data["selector"]) if isinstance(data.get("selector"), Mapping) else set(),
-    )
+    sel = c.mapping(raw, path, set(raw) if isinstance(raw, Mapping) else set())
     for key, value in (sel or {}).items():
-        k = c.string(key, _join(f"{path}.selector", key), LABEL_KEY, "label key")
+        k = c.string(key, join_path(path, key), LABEL_KEY, "label key")
         v = value if isinstance(value, str) else None
         if v is None or not LABEL_VALUE.match(v):
             c.err(
-                _join(f"{path}.selector", key),
-                f"label value must be a string like 'Tesla-T4'; got {value!r}",
+                join_path(path, key), f"label value must be a string like 'Tesla-T4'; got {value!r}"
             )
         elif k:
             selector[k] = v
-    tolerations: list[Toleration] = []
-    if "tolerations" in data:
-        raw_t = data["tolerations"]
-        if not isinstance(raw_t, list):
-            c.err(f"{path}.tolerations", f"expected a list, got {_kind(raw_t)}")
-        else:
-            tolerations = [
-                t
-                for i, x in enumerate(raw_t)
-                if (t := _toleration(c, x, f"{path}.tolerations[{i}]"))
-            ]
+    return selector
+
+
+def _tolerations(c: Checker, raw: object, path: str) -> tuple[Toleration, ...]:
+    if not isinstance(raw, list):
+        c.err(path, f"expected a list, got {kind(raw)}")
+        return ()
+    return tuple(t for i, x in enumerate(raw) if (t := _toleration(c, x, f"{path}[{i}]")))
+
+
+def _sharing(c: Checker, data: Mapping[str, object], resource: str, path: str) -> GPUSharing:
+    if "sharing" not in data:
+        return _gpu_sharing(resource)
+    if data["sharing"] not in ("whole", "mig", "time-sliced"):
+        c.err(f"{path}.sharing", f"must be whole, mig or time-sliced; got {data['sharing']!r}")
+        return _gpu_sharing(resource)
+    return data["sharing"]
+
+
+_GPU_CLASS_KEYS = {
+    "display",
+    "resource",
+    "selector",
+    "tolerations",
+    "max_per_user",
+    "groups",
+    "sharing",
+}
+
+
+def _gpu_class(c: Checker, name: str, raw: object, path: str) -> GPUClass:
+    c.string(name, path, GPU_CLASS_NAME, "GPU class name (lower-case letters, digits, '-', '.')")
+    data = c.mapping(raw, path, _GPU_CLASS_KEYS, {"resource"}) or {}
+    resource = ""
+    if "resource" in data:
+        what = "extended resource name (e.g. nvidia.com/gpu)"
+        resource = c.string(data["resource"], f"{path}.resource", EXTENDED_RESOURCE, what) or ""
     return GPUClass(
         name=name,
-        display=(c.string(data["display"], f"{path}.display") or name)
-        if "display" in data
-        else name,
+        display=_display(c, data, path, name),
         resource=resource,
-        sharing=sharing,
-        selector=frozen_map(selector),
-        tolerations=tuple(tolerations),
+        sharing=_sharing(c, data, resource, path),
+        selector=frozen_map(_selector(c, data.get("selector", {}), f"{path}.selector")),
+        tolerations=(
+            _tolerations(c, data["tolerations"], f"{path}.tolerations")
+            if "tolerations" in data
+            else ()
+        ),
         max_per_user=c.count(data["max_per_user"], f"{path}.max_per_user", 1)
         if "max_per_user" in data
         else None,
@@ -191,12 +192,19 @@ def _gpu_class(c: _Checker, name: str, raw: object, path: str) -> GPUClass:
     )
 
 
+def _display(c: Checker, data: Mapping[str, object], path: str, name: str) -> str:
+    """``display`` if given, else ``name``."""
+    if "display" not in data:
+        return name
+    return c.string(data["display"], f"{path}.display") or name
+
+
 def _volume(
-    c: _Checker, name: str, raw: object, path: str, types: Callable[[str], type[VolumeType] | str]
+    c: Checker, name: str, raw: object, path: str, types: Callable[[str], type[VolumeType] | str]
 ) -> Volume | None:
     c.string(name, path, DNS_LABEL, "volume name (lower-case letters, digits and '-')")
     if not isinstance(raw, Mapping):
-        c.err(path, f"expected a mapping, got {_kind(raw)}")
+        c.err(path, f"expected a mapping, got {kind(raw)}")
         return None
     if "type" not in raw:
         c.err(f"{path}.type", "required (e.g. cvmfs, cephfs, eos, home, hostpath)")
@@ -211,15 +219,12 @@ def _volume(
         c.err(f"{path}.type", plugin)
         return None
     options = {k: v for k, v in raw.items() if k not in ("type", "mount", "read_only")}
-    for key, message in plugin.validate(options):
-        c.err(_join(path, str(key)), message)
+    c.extend(path, plugin.validate(options))
     mount = raw.get("mount")
     if mount is not None:
-        from afspawner.volumes.base import template_problem
-
         if not isinstance(mount, str) or not mount.startswith("/"):
             c.err(f"{path}.mount", f"must be an absolute path; got {mount!r}")
-        elif (problem := template_problem(mount)) is not None:
+        elif (problem := template_problem(mount, PATH_FIELDS)) is not None:
             c.err(f"{path}.mount", problem)
     read_only = c.boolean(raw["read_only"], f"{path}.read_only") if "read_only" in raw else False
     return Volume(
@@ -249,33 +254,20 @@ _FLAVOR_KEYS = {
 }
 
 
-def _flavor(c: _Checker, raw: object, path: str) -> Flavor | None:
-    data = c.mapping(raw, path, _FLAVOR_KEYS, {"name", "image", "cpu", "memory"})
-    if data is None:
-        return None
-    name = (
-        c.string(
-            data["name"],
-            f"{path}.name",
-            DNS_LABEL,
-            "flavor name (lower-case letters, digits and '-')",
-        )
-        if "name" in data
-        else None
-    )
-    image = c.string(data["image"], f"{path}.image") if "image" in data else None
-    cpu = c.quantity(data["cpu"], f"{path}.cpu", cpu_millis) if "cpu" in data else None
-    mem = c.quantity(data["memory"], f"{path}.memory", memory_bytes) if "memory" in data else None
-    cpu_limit = (
-        c.quantity(data["cpu_limit"], f"{path}.cpu_limit", cpu_millis)
-        if "cpu_limit" in data
-        else None
-    )
-    mem_limit = (
-        c.quantity(data["memory_limit"], f"{path}.memory_limit", memory_bytes)
-        if "memory_limit" in data
-        else None
-    )
+def _optional_quantity(
+    c: Checker, data: Mapping[str, object], key: str, path: str, parse: Callable[[object], int]
+) -> int | None:
+    return c.quantity(data[key], f"{path}.{key}", parse) if key in data else None
+
+
+def _flavor_sizes(
+    c: Checker, data: Mapping[str, object], path: str
+) -> tuple[int | None, int | None, int | None, int | None]:
+    """``cpu``, ``memory`` and their limits, checked against each other."""
+    cpu = _optional_quantity(c, data, "cpu", path, cpu_millis)
+    mem = _optional_quantity(c, data, "memory", path, memory_bytes)
+    cpu_limit = _optional_quantity(c, data, "cpu_limit", path, cpu_millis)
+    mem_limit = _optional_quantity(c, data, "memory_limit", path, memory_bytes)
     if cpu is not None and cpu_limit is not None and cpu_limit < cpu:
         c.err(f"{path}.cpu_limit", "must not be below cpu")
     if mem is not None and mem_limit is not None and mem_limit < mem:
@@ -284,33 +276,48 @@ def _flavor(c: _Checker, raw: object, path: str) -> Flavor | None:
         c.err(f"{path}.cpu", "must be more than 0")
     if mem == 0:
         c.err(f"{path}.memory", "must be more than 0")
-    gpu = None
-    if "gpu" in data and data["gpu"] is not None:
-        g = c.mapping(data["gpu"], f"{path}.gpu", {"class", "count"}, {"class"})
-        if g is not None and "class" in g:
-            gclass = c.string(g["class"], f"{path}.gpu.class")
-            count = c.count(g.get("count", 1), f"{path}.gpu.count", 1)
-            if gclass and count:
-                gpu = FlavorGPU(gclass, count)
+    return cpu, mem, cpu_limit, mem_limit
+
+
+def _flavor_gpu(c: Checker, raw: object, path: str) -> FlavorGPU | None:
+    if raw is None:
+        return None
+    g = c.mapping(raw, path, {"class", "count"}, {"class"})
+    if g is None or "class" not in g:
+        return None
+    gclass = c.string(g["class"], f"{path}.class")
+    count = c.count(g.get("count", 1), f"{path}.count", 1)
+    return FlavorGPU(gclass, count) if gclass and count else None
+
+
+def _env(c: Checker, raw: object, path: str) -> dict[str, str]:
     env: dict[str, str] = {}
-    if "env" in data:
-        e = c.mapping(
-            data["env"],
-            f"{path}.env",
-            set(data["env"]) if isinstance(data["env"], Mapping) else set(),
-        )
-        for key, value in (e or {}).items():
-            if not ENV_NAME.match(key):
-                c.err(_join(f"{path}.env", key), "not a valid environment variable name")
-            elif not isinstance(value, str | int | float) or isinstance(value, bool):
-                c.err(_join(f"{path}.env", key), f"value must be a string, got {_kind(value)}")
-            else:
-                env[key] = str(value)
+    e = c.mapping(raw, path, set(raw) if isinstance(raw, Mapping) else set())
+    for key, value in (e or {}).items():
+        if not ENV_NAME.match(key):
+            c.err(join_path(path, key), "not a valid environment variable name")
+        elif not isinstance(value, str | int | float) or isinstance(value, bool):
+            c.err(join_path(path, key), f"value must be a string, got {kind(value)}")
+        else:
+            env[key] = str(value)
+    return env
+
+
+def _flavor(c: Checker, raw: object, path: str) -> Flavor | None:
+    data = c.mapping(raw, path, _FLAVOR_KEYS, {"name", "image", "cpu", "memory"})
+    if data is None:
+        return None
+    what = "flavor name (lower-case letters, digits and '-')"
+    name = c.string(data["name"], f"{path}.name", DNS_LABEL, what) if "name" in data else None
+    image = c.string(data["image"], f"{path}.image") if "image" in data else None
+    cpu, mem, cpu_limit, mem_limit = _flavor_sizes(c, data, path)
+
+    def names(key: str) -> tuple[str, ...]:
+        return c.strings(data[key], f"{path}.{key}") if key in data else ()
+
     return Flavor(
         name=name or "",
-        display=(c.string(data["display"], f"{path}.display") or "")
-        if "display" in data
-        else name or "",
+        display=_display(c, data, path, name or ""),
         description=(c.string(data["description"], f"{path}.description") or "")
         if "description" in data
         else "",
@@ -319,29 +326,29 @@ def _flavor(c: _Checker, raw: object, path: str) -> Flavor | None:
         memory_bytes=mem or 0,
         cpu_limit_millis=cpu_limit,
         memory_limit_bytes=mem_limit,
-        vos=c.strings(data["vos"], f"{path}.vos") if "vos" in data else (),
-        groups=c.strings(data["groups"], f"{path}.groups") if "groups" in data else (),
-        gpu=gpu,
-        volumes=c.strings(data["volumes"], f"{path}.volumes") if "volumes" in data else (),
-        env=frozen_map(env),
+        vos=names("vos"),
+        groups=names("groups"),
+        gpu=_flavor_gpu(c, data.get("gpu"), f"{path}.gpu"),
+        volumes=names("volumes"),
+        env=frozen_map(_env(c, data["env"], f"{path}.env") if "env" in data else {}),
         default=c.boolean(data["default"], f"{path}.default") if "default" in data else False,
     )
 
 
 def _named(
-    c: _Checker, raw: object, path: str, build: Callable[[str, object, str], T | None]
+    c: Checker, raw: object, path: str, build: Callable[[str, object, str], T | None]
 ) -> dict[str, T]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        c.err(path, f"expected a mapping of names, got {_kind(raw)}")
+        c.err(path, f"expected a mapping of names, got {kind(raw)}")
         return {}
     out: dict[str, T] = {}
     for name, item in raw.items():
         if not isinstance(name, str):
-            c.err(path, f"names must be strings, got {_kind(name)} {str(name)[:40]!r}")
+            c.err(path, f"names must be strings, got {kind(name)} {str(name)[:40]!r}")
             continue
-        built = build(name, item, _join(path, name))
+        built = build(name, item, join_path(path, name))
         if built is not None:
             out[name] = built
     return out
@@ -361,7 +368,7 @@ def _plugin_lookup() -> Callable[[str], type[VolumeType] | str]:
 
 def load_facility(data: object, source: str = "facility") -> Facility:
     """Validate ``data`` (the parsed YAML) and return a Facility, or raise FacilityError."""
-    c = _Checker()
+    c = Checker()
     top = c.mapping(data, "", {"site", "vos", "gpu_classes", "volumes", "flavors"}, {"flavors"})
     if top is None:
         raise FacilityError(c.issues, source)
@@ -374,7 +381,7 @@ def load_facility(data: object, source: str = "facility") -> Facility:
     flavors: list[Flavor] = []
     raw_flavors = top.get("flavors")
     if "flavors" in top and not isinstance(raw_flavors, list):
-        c.err("flavors", f"expected a list, got {_kind(raw_flavors)}")
+        c.err("flavors", f"expected a list, got {kind(raw_flavors)}")
     elif isinstance(raw_flavors, list):
         if not raw_flavors:
             c.err("flavors", "at least one flavor is needed")

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from afspawner.loader import load_facility, load_facility_file, parse_facility_text
-from afspawner.validation import FacilityError
+from afspawner.loader import FacilityError, load_facility, load_facility_file, parse_facility_text
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "facilities"
 

@@ -10,8 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from afspawner.facility import Facility
-from afspawner.loader import load_facility, parse_facility_text
-from afspawner.validation import FacilityError
+from afspawner.loader import FacilityError, load_facility, parse_facility_text
 from unit.test_loader import BASE
 
 scalars = st.one_of(

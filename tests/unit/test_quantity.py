@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from afspawner.quantity import (
+from afcore.quantity import (
     QuantityError,
     cpu_millis,
     format_cpu,

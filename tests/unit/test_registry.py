@@ -6,15 +6,15 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from afspawner.loader import load_facility
-from afspawner.registry import GROUPS, PluginError, Registry
-from afspawner.validation import FacilityError
+from afcore.registry import PluginError, Registry
+from afspawner.loader import FacilityError, load_facility
+from afspawner.volumes import GROUP as VOLUME_GROUP
 from afspawner.volumes import VolumeType, volume_types
 
 
 def _registry(*eps: EntryPoint) -> Registry[type[VolumeType]]:
     return Registry(
-        GROUPS["volumes"],
+        VOLUME_GROUP,
         "volume type",
         lambda o: isinstance(o, type) and issubclass(o, VolumeType),
         eps,
@@ -53,13 +53,13 @@ def test_sample_site_plugin_is_discovered_and_validates() -> None:
 
 
 def test_unknown_plugin_lists_installed() -> None:
-    reg = _registry(EntryPoint("cvmfs", "afspawner.volumes.builtin:CVMFS", GROUPS["volumes"]))
+    reg = _registry(EntryPoint("cvmfs", "afspawner.volumes.builtin:CVMFS", VOLUME_GROUP))
     with pytest.raises(PluginError, match="unknown volume type 'nfs'; installed: cvmfs"):
         reg.load("nfs")
 
 
 def test_plugin_that_fails_to_import_is_named() -> None:
-    reg = _registry(EntryPoint("broken", "af_no_such_module:Thing", GROUPS["volumes"]))
+    reg = _registry(EntryPoint("broken", "af_no_such_module:Thing", VOLUME_GROUP))
     with pytest.raises(PluginError) as info:
         reg.load("broken")
     message = str(info.value)
@@ -69,22 +69,22 @@ def test_plugin_that_fails_to_import_is_named() -> None:
 
 
 def test_plugin_of_the_wrong_kind_is_refused() -> None:
-    reg = _registry(EntryPoint("odd", "os.path:join", GROUPS["volumes"]))
+    reg = _registry(EntryPoint("odd", "os.path:join", VOLUME_GROUP))
     with pytest.raises(PluginError, match="is not a valid volume type"):
         reg.load("odd")
 
 
 def test_conflicting_declarations_are_refused() -> None:
     reg = _registry(
-        EntryPoint("x", "afspawner.volumes.builtin:EOS", GROUPS["volumes"]),
-        EntryPoint("x", "afspawner.volumes.builtin:Home", GROUPS["volumes"]),
+        EntryPoint("x", "afspawner.volumes.builtin:EOS", VOLUME_GROUP),
+        EntryPoint("x", "afspawner.volumes.builtin:Home", VOLUME_GROUP),
     )
     with pytest.raises(PluginError, match="declared more than once"):
         reg.load("x")
 
 
 def test_loaded_plugins_are_cached() -> None:
-    reg = _registry(EntryPoint("eos", "afspawner.volumes.builtin:EOS", GROUPS["volumes"]))
+    reg = _registry(EntryPoint("eos", "afspawner.volumes.builtin:EOS", VOLUME_GROUP))
     assert reg.load("eos") is reg.load("eos")
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 from afauth.idps.base import IdentityProvider, PasswordIdP, RedirectIdP
-from afspawner.registry import GROUPS, Registry
+from afcore.registry import Registry
+
+GROUP = "afauth.idps"  # entry-point group of identity-provider types
 
 
 def _is_idp_type(obj: object) -> bool:
@@ -12,9 +16,10 @@ def _is_idp_type(obj: object) -> bool:
     )
 
 
+@functools.cache
 def idp_types() -> Registry[type[IdentityProvider]]:
-    """Registry of installed IdP types (built-ins are declared as entry points too)."""
-    return Registry(GROUPS["idps"], "identity provider type", _is_idp_type)
+    """Registry of installed IdP types (built-ins are declared as entry points too); one per process."""
+    return Registry(GROUP, "identity provider type", _is_idp_type)
 
 
-__all__ = ["IdentityProvider", "PasswordIdP", "RedirectIdP", "idp_types"]
+__all__ = ["GROUP", "IdentityProvider", "PasswordIdP", "RedirectIdP", "idp_types"]

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
-from afspawner.backends.base import Backend, LaunchFailed, ProgressSink, Started
-from afspawner.registry import GROUPS, Registry
+import functools
+
+from afcore.registry import Registry
+from afspawner.backends.base import (
+    Backend,
+    CapacityListener,
+    LaunchFailed,
+    LaunchRequest,
+    ProgressSink,
+    Started,
+)
+
+GROUP = "afspawner.backends"  # entry-point group of backends
 
 
 def _is_backend(obj: object) -> bool:
     return isinstance(obj, type) and issubclass(obj, Backend)
 
 
+@functools.cache
 def backends() -> Registry[type[Backend]]:
-    return Registry(GROUPS["backends"], "backend", _is_backend)
+    """Registry of installed backends (one per process; entry points are scanned once)."""
+    return Registry(GROUP, "backend", _is_backend)
 
 
-__all__ = ["Backend", "LaunchFailed", "ProgressSink", "Started", "backends"]
+__all__ = [
+    "GROUP",
+    "Backend",
+    "CapacityListener",
+    "LaunchFailed",
+    "LaunchRequest",
+    "ProgressSink",
+    "Started",
+    "backends",
+]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 
-from afspawner.registry import GROUPS, Registry
-from afspawner.volumes.base import Option, RenderContext, Rendered, VolumeType
+from afcore.options import Option
+from afcore.registry import Registry
+from afspawner.volumes.base import RenderContext, Rendered, VolumeType
+
+GROUP = "afspawner.volumes"  # entry-point group of volume types
 
 
 def _is_volume_type(obj: object) -> bool:
@@ -19,7 +22,7 @@ def volume_types() -> Registry[type[VolumeType]]:
     One per process: scanning installed distributions for entry points is slow (milliseconds),
     and plugins are loaded once.
     """
-    return Registry(GROUPS["volumes"], "volume type", _is_volume_type)
+    return Registry(GROUP, "volume type", _is_volume_type)
 
 
-__all__ = ["Option", "RenderContext", "Rendered", "VolumeType", "volume_types"]
+__all__ = ["GROUP", "Option", "RenderContext", "Rendered", "VolumeType", "volume_types"]

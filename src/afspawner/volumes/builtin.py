@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
+from afcore.options import Option
+from afcore.quantity import format_memory, memory_bytes
+from afcore.templates import PATH_FIELDS, template_problem
 from afspawner.plan import VolumeMount
-from afspawner.quantity import format_memory, memory_bytes
-from afspawner.volumes.base import Option, RenderContext, Rendered, VolumeType
+from afspawner.volumes.base import RenderContext, Rendered, VolumeType
 
 HOST_TO_CONTAINER = "HostToContainer"
 
@@ -77,13 +79,11 @@ class CephFS(VolumeType):
 
     @classmethod
     def check_combination(cls, options: Mapping[str, object]) -> list[tuple[str, str]]:
-        from afspawner.volumes.base import template_problem
-
         sub = options.get("sub_path")
         if isinstance(sub, str) and sub:
             if sub.startswith("/") or ".." in sub.split("/"):
                 return [("sub_path", f"must be relative and stay inside the claim; got '{sub}'")]
-            problem = template_problem(sub)
+            problem = template_problem(sub, PATH_FIELDS)
             if problem:
                 return [("sub_path", problem)]
         return []

@@ -10,6 +10,8 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping
 
+from afcore.templates import fill
+
 _SAFE = frozenset(string.ascii_letters + string.digits + "._")
 
 
@@ -26,9 +28,4 @@ def safe_component(value: str) -> str:
 
 def render_template(template: str, values: Mapping[str, str]) -> str:
     """Fill ``{name}`` placeholders with escaped values (templates were validated at load)."""
-    out = []
-    for literal, field_name, _, _ in string.Formatter().parse(template):
-        out.append(literal)
-        if field_name is not None:
-            out.append(safe_component(values[field_name]))
-    return "".join(out)
+    return fill(template, values, safe_component)

@@ -1,14 +1,10 @@
-"""Entry-point plugin registry shared by both packages.
+"""Entry-point plugin registries.
 
-Sites extend jupyterhub-af by installing a package that declares entry points in one of
-these groups; nothing needs subclassing:
-
-========================  ===========================================================
-``afspawner.volumes``     volume types (``type:`` of a facility ``volumes`` entry)
-``afspawner.backends``    where servers run (``kubernetes``, ``local``)
-``afauth.idps``           identity-provider types (``oidc``, ``cern``, ``ldap``, ...)
-``afauth.mappers``        identity → groups/roles/VOs mappers
-========================  ===========================================================
+Sites extend jupyterhub-af by installing a package that declares entry points; nothing needs
+subclassing. Each package declares its own groups next to the plugin interface
+(``afspawner.volumes``, ``afspawner.backends``, ``afauth.idps``, ``afauth.mappers``) and
+makes one registry per group with :func:`functools.cache`, so installed distributions are
+scanned once per process.
 
 A plugin that fails to import, or exports the wrong kind of object, is reported with the
 group, the name, the distribution that declared it and the original exception.
@@ -22,13 +18,6 @@ from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
 
-GROUPS: dict[str, str] = {
-    "volumes": "afspawner.volumes",
-    "backends": "afspawner.backends",
-    "idps": "afauth.idps",
-    "mappers": "afauth.mappers",
-}
-
 
 class PluginError(Exception):
     """A plugin is unknown, broken, or of the wrong kind."""
@@ -41,7 +30,7 @@ def _origin(ep: EntryPoint) -> str:
 
 
 class Registry(Generic[T]):
-    """Plugins of one entry-point group, loaded lazily and cached.
+    """Plugins of one entry-point group, discovered once, loaded lazily and cached.
 
     ``check`` decides whether a loaded object is acceptable (e.g. ``issubclass`` of a base);
     ``eps`` replaces discovery from installed distributions (used by tests).
@@ -58,15 +47,18 @@ class Registry(Generic[T]):
         self.kind = kind
         self._check = check
         self._eps = list(eps) if eps is not None else None
+        self._by_name: dict[str, list[EntryPoint]] | None = None
         self._cache: dict[str, T] = {}
 
     def _entry_points(self) -> dict[str, list[EntryPoint]]:
-        found = self._eps if self._eps is not None else list(entry_points(group=self.group))
-        by_name: dict[str, list[EntryPoint]] = {}
-        for ep in found:
-            if ep.group == self.group:
-                by_name.setdefault(ep.name, []).append(ep)
-        return by_name
+        if self._by_name is None:
+            found = self._eps if self._eps is not None else list(entry_points(group=self.group))
+            by_name: dict[str, list[EntryPoint]] = {}
+            for ep in found:
+                if ep.group == self.group:
+                    by_name.setdefault(ep.name, []).append(ep)
+            self._by_name = by_name
+        return self._by_name
 
     def names(self) -> list[str]:
         return sorted(self._entry_points())

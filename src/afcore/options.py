@@ -1,19 +1,23 @@
-"""Declarative options of IdP and mapper plugins, checked at hub start with key paths.
+"""Declarative plugin options, checked at hub start with key paths.
 
-A plugin declares ``options: Mapping[str, Option]``; :func:`check_options` returns every
-problem as ``(key, message)`` so the authenticator can report ``idps[2].client_id: required``.
-Secret options are never echoed back in messages.
+A plugin (volume type, IdP type, mapper) declares ``options: Mapping[str, Option]``;
+:func:`check_options` returns every problem as ``(key, message)`` so the caller can report
+``idps[2].client_id: required for an oidc IdP`` or ``volumes.ceph.claim: required for a cephfs
+volume``. Secret options are never echoed back in messages.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
+
+from afcore.issues import join_path, short
+from afcore.quantity import QuantityError, memory_bytes
+from afcore.templates import PATH_FIELDS, template_problem
 
 OptionKind = Literal[
     "str",  # non-empty string
@@ -23,17 +27,23 @@ OptionKind = Literal[
     "bool",
     "int",  # non-negative integer
     "number",  # non-negative int or float
+    "quantity",  # a Kubernetes memory quantity such as 10Gi
     "str-list",  # list of non-empty strings (a single string is accepted as a list of one)
     "url-list",
     "ldap-url-list",
     "mapping",  # a mapping with string keys; content checked by the plugin
     "enum",  # one of ``choices``
-    "path",  # absolute file-system path
+    "path",  # absolute file-system path, literal (no placeholders)
+    "template-path",  # absolute path with placeholders from afcore.templates.PATH_FIELDS
     "str-or-mapping",  # list of strings or a mapping with string keys
 ]
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 MAX_STRING = 4096
+_LISTS: Mapping[str, OptionKind] = {
+    "str-list": "str",
+    "url-list": "url",
+    "ldap-url-list": "ldap-url",
+}
 
 
 @dataclass(frozen=True)
@@ -65,22 +75,14 @@ def url_problem(value: str, *, schemes: tuple[str, ...] = ("https",)) -> str | N
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        return f"'{_short(value)}' is not a valid URL: {exc}"
+        return f"'{short(value)}' is not a valid URL: {exc}"
     if any(c in value for c in " \t\r\n") or not host:
-        return f"'{_short(value)}' is not a valid URL"
+        return f"'{short(value)}' is not a valid URL"
     if parts.scheme in schemes:
         return None
     if "https" in schemes and parts.scheme == "http" and is_loopback_host(host):
         return None
-    return f"'{_short(value)}' must use {' or '.join(schemes)}"
-
-
-def _short(value: str, n: int = 60) -> str:
-    return value if len(value) <= n else value[: n - 3] + "..."
-
-
-def _is_str(value: object) -> bool:
-    return isinstance(value, str) and bool(value) and len(value) <= MAX_STRING
+    return f"'{short(value)}' must use {' or '.join(schemes)}"
 
 
 def _check_list(name: str, value: object, item_kind: OptionKind) -> str | None:
@@ -94,65 +96,77 @@ def _check_list(name: str, value: object, item_kind: OptionKind) -> str | None:
     return None
 
 
+def _check_number(name: str, kind: OptionKind, value: object) -> str | None:
+    numeric = isinstance(value, int) or (kind == "number" and isinstance(value, float))
+    if isinstance(value, bool) or not numeric or not isinstance(value, int | float) or value < 0:
+        what = "an integer" if kind == "int" else "a number"
+        return f"{name} must be {what} ≥ 0"
+    return None
+
+
+def _check_string(name: str, opt: Option, value: str) -> str | None:
+    kind = opt.kind
+    if kind == "url":
+        return url_problem(value)
+    if kind == "ldap-url":
+        return url_problem(value, schemes=("ldap", "ldaps"))
+    if kind == "enum" and value not in opt.choices:
+        return f"{name} must be one of {', '.join(opt.choices)}; got '{short(value)}'"
+    if kind in ("path", "template-path") and not value.startswith("/"):
+        return f"{name} must be an absolute path; got '{short(value)}'"
+    if kind == "path" and ("{" in value or "}" in value):
+        return f"{name} cannot use placeholders; got '{short(value)}'"
+    if kind == "template-path":
+        return template_problem(value, PATH_FIELDS)
+    return None
+
+
 def check_value(name: str, opt: Option, value: object) -> str | None:
     """Problem of one option value, or ``None``."""
     kind = opt.kind
     if kind == "bool":
         return None if isinstance(value, bool) else f"{name} must be true or false"
     if kind in ("int", "number"):
-        numeric = isinstance(value, int) or (kind == "number" and isinstance(value, float))
-        if (
-            isinstance(value, bool)
-            or not numeric
-            or not isinstance(value, int | float)
-            or value < 0
-        ):
-            what = "an integer" if kind == "int" else "a number"
-            return f"{name} must be {what} ≥ 0"
+        return _check_number(name, kind, value)
+    if kind == "quantity":
+        try:
+            memory_bytes(value)
+        except QuantityError as exc:
+            return f"{name}: {exc}"
         return None
-    if kind == "mapping":
+    if kind == "mapping" or (kind == "str-or-mapping" and isinstance(value, Mapping)):
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
             return f"{name} must be a mapping with string keys"
         return None
     if kind == "str-or-mapping":
-        if isinstance(value, Mapping):
-            return check_value(name, Option("mapping"), value)
         return _check_list(name, value, "str")
-    if kind == "str-list":
-        return _check_list(name, value, "str")
-    if kind == "url-list":
-        return _check_list(name, value, "url")
-    if kind == "ldap-url-list":
-        return _check_list(name, value, "ldap-url")
-    if not _is_str(value):
+    if kind in _LISTS:
+        return _check_list(name, value, _LISTS[kind])
+    if not isinstance(value, str) or not value or len(value) > MAX_STRING:
         return f"{name} must be a non-empty string"
-    assert isinstance(value, str)
     if kind == "secret":
         return None
-    if kind == "url":
-        return url_problem(value)
-    if kind == "ldap-url":
-        return url_problem(value, schemes=("ldap", "ldaps"))
-    if kind == "enum" and value not in opt.choices:
-        return f"{name} must be one of {', '.join(opt.choices)}; got '{_short(value)}'"
-    if kind == "path" and not value.startswith("/"):
-        return f"{name} must be an absolute path; got '{_short(value)}'"
-    return None
+    return _check_string(name, opt, value)
 
 
 def check_options(
     spec: Mapping[str, Option], options: Mapping[str, object], what: str
 ) -> list[tuple[str, str]]:
-    """Every problem of ``options`` against ``spec`` as ``(key, message)``."""
+    """Every problem of ``options`` against ``spec`` as ``(key, message)``.
+
+    ``what`` names the plugin in messages: ``an oidc IdP``, ``a cephfs volume``.
+    """
     problems: list[tuple[str, str]] = []
     for key in options:
         if key not in spec:
             allowed = ", ".join(sorted(spec)) or "none"
-            problems.append((str(key), f"unknown option for {what}; allowed: {allowed}"))
+            problems.append(
+                (join_path("", str(key)), f"unknown option for {what}; allowed: {allowed}")
+            )
     for key, opt in spec.items():
         if key not in options or options[key] is None:
             if opt.required:
-                problems.append((key, "required"))
+                problems.append((key, f"required for {what}"))
             continue
         message = check_value(key, opt, options[key])
         if message:

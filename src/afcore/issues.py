@@ -1,13 +1,21 @@
-"""Generic helpers to walk untrusted configuration and collect every problem with its key path."""
+"""Configuration problems with the path of their key, collected all at once.
+
+Both packages walk untrusted configuration (a facility file, the authenticator's traits) with
+one :class:`Checker`, which records every :class:`ConfigIssue` instead of stopping at the
+first; the caller raises :class:`ConfigError` listing them all, e.g.
+``flavors[3].gpu.class: unknown GPU class 'v100'; defined: a100-3g.20gb, t4``.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from afspawner.quantity import QuantityError
+from afcore.quantity import QuantityError
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 @dataclass(frozen=True)
@@ -19,24 +27,68 @@ class ConfigIssue:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class FacilityError(ValueError):
-    """The facility file is invalid; ``issues`` lists every problem found."""
+class ConfigError(ValueError):
+    """Configuration is invalid; ``issues`` lists every problem found.
 
-    def __init__(self, issues: list[ConfigIssue], source: str = "facility") -> None:
+    ``source`` names what was checked (a file path, ``AFAuthenticator configuration``).
+    """
+
+    def __init__(self, issues: list[ConfigIssue], source: str = "configuration") -> None:
         self.issues = issues
         self.source = source
         lines = "\n".join(f"  - {i}" for i in issues)
         super().__init__(f"{source} has {len(issues)} error(s):\n{lines}")
 
 
+def short(value: str, n: int = 60) -> str:
+    """``value`` cut to ``n`` characters (plus ``...``) for an error message."""
+    return value if len(value) <= n else value[:n] + "..."
+
+
+def kind(value: object) -> str:
+    """What ``value`` is, in the words of a YAML author (``a mapping``, ``a list``)."""
+    if value is None:
+        return "nothing (null)"
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
+
+
+def join_path(path: str, key: str | int) -> str:
+    """``idps[2]`` + ``client_id`` → ``idps[2].client_id``; ints become ``[n]``.
+
+    A key that is not a plain name is quoted (and shortened), so a hostile key cannot make a
+    message ambiguous.
+    """
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    shown = key if _PLAIN_KEY.match(key) else repr(short(key))
+    return f"{path}.{shown}" if path else shown
+
+
 class Checker:
-    """Collects issues while walking untrusted data."""
+    """Collects issues while walking untrusted data; each helper returns ``None`` on a problem."""
 
     def __init__(self) -> None:
         self.issues: list[ConfigIssue] = []
 
     def err(self, path: str, message: str) -> None:
         self.issues.append(ConfigIssue(path, message))
+
+    def extend(self, path: str, problems: Iterable[tuple[str, str]]) -> None:
+        """Record ``(where, message)`` problems of a plugin's options under ``path``.
+
+        ``where`` is a path relative to ``path`` as the plugin wrote it (``algorithms[1]``,
+        ``authorize_params.state``); keys the user wrote are already quoted by
+        :func:`afcore.options.check_options`.
+        """
+        for where, message in problems:
+            self.err(f"{path}.{where}" if path else where, message)
 
     def mapping(
         self,
@@ -53,12 +105,14 @@ class Checker:
             if not isinstance(key, str):
                 self.err(path, f"keys must be strings, got {kind(key)} {str(key)[:40]!r}")
             elif key not in allowed:
-                self.err(join(path, key), f"unknown key; allowed: {', '.join(sorted(allowed))}")
+                self.err(
+                    join_path(path, key), f"unknown key; allowed: {', '.join(sorted(allowed))}"
+                )
             else:
                 ok[key] = item
         for key in sorted(required - set(ok)):
             if not any(isinstance(k, str) and k == key for k in value):
-                self.err(join(path, key), "required")
+                self.err(join_path(path, key), "required")
         return ok
 
     def string(
@@ -105,25 +159,3 @@ class Checker:
             self.err(path, f"expected true or false, got {kind(value)}")
             return False
         return value
-
-
-def kind(value: object) -> str:
-    if value is None:
-        return "nothing (null)"
-    return {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-    }.get(type(value), type(value).__name__)
-
-
-def short(value: str) -> str:
-    return value if len(value) <= 60 else value[:60] + "..."
-
-
-def join(path: str, key: str) -> str:
-    shown = key if re.match(r"^[A-Za-z0-9_-]+$", key) else repr(short(key))
-    return f"{path}.{shown}" if path else shown
