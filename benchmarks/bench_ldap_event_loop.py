@@ -1,7 +1,7 @@
 """Event-loop responsiveness during LDAP logins: afauth's LDAP IdP vs ldapauthenticator.
 
 Both authenticators run their real hub entry point, ``get_authenticated_user`` (authenticate,
-allow/block checks, post-auth hook), against the same real ``slapd`` (tests/testbed/ldap.py) on
+allow/block checks, post-auth hook), against the same real ``slapd`` (tests/testbed/ldap/) on
 loopback, with StartTLS and a verified certificate, on ONE asyncio loop. While N logins run
 concurrently, a ticker coroutine sleeps 10 ms at a time and records how late it wakes up: the
 loop lag a hub's other requests (proxy checks, API calls, page loads) would see.
@@ -37,7 +37,8 @@ import _common
 _common.use_test_bed()
 os.environ.setdefault("JUPYTERHUB_CRYPT_KEY", secrets.token_hex(32))  # auth_state must work
 
-from testbed.ldap import USERS, LDAPTestbed  # noqa: E402
+from testbed.ldap.directory import USERS  # noqa: E402
+from testbed.ldap.slapd import LDAPTestbed  # noqa: E402
 
 TICK = 0.010
 TIMEOUT = 10.0

@@ -1,7 +1,7 @@
 """Relying-party cost of an OIDC login: afauth's OIDC IdP vs oauthenticator's GenericOAuthenticator.
 
 Both sign in real users of the IAM-like issuer of the node ``oidc-provider`` test bed
-(tests/testbed/oidc.py) on loopback. Each login walks the provider's real login page with
+(tests/testbed/oidc/) on loopback. Each login walks the provider's real login page with
 ``drive_login`` (authorization code + PKCE S256; not timed), then times only the relying
 party's part, on one asyncio loop:
 
@@ -41,7 +41,9 @@ from oauthenticator.generic import GenericOAuthenticator  # noqa: E402
 from oauthenticator.oauth2 import _serialize_state  # noqa: E402
 
 from afauth.idps.oidc import OIDC  # noqa: E402
-from testbed.oidc import DEFAULT_REDIRECT_URI, OIDCTestbed, drive_login  # noqa: E402
+from testbed.oidc.login import drive_login  # noqa: E402
+from testbed.oidc.model import DEFAULT_REDIRECT_URI  # noqa: E402
+from testbed.oidc.provider import OIDCTestbed  # noqa: E402
 
 ISSUER = "iam"
 USERS = ("cmsuser", "atlasuser", "duneuser", "multiuser", "afadmin")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from testbed.hub import af_hub
 from testbed.k8s import k8s_api, k8s_cluster
-from testbed.ldap import ldap_testbed, ldap_testbed_factory
-from testbed.oidc import oidc_testbed
+from testbed.ldap.fixtures import ldap_testbed, ldap_testbed_factory
+from testbed.oidc.fixtures import oidc_testbed
 from testbed.podstub import pod_stub
 
 __all__ = [

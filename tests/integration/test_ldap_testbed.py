@@ -1,4 +1,4 @@
-"""Smoke tests of the real slapd test bed (tests/testbed/ldap.py) through ldap3.
+"""Smoke tests of the real slapd test bed (tests/testbed/ldap/) through ldap3.
 
 They pin down the behaviour the LDAP authenticator relies on, against a real OpenLDAP server.
 """
@@ -20,15 +20,11 @@ from ldap3.core.exceptions import (
 )
 from ldap3.utils.conv import escape_filter_chars
 
-from testbed.ldap import (
-    GROUPS,
-    PEOPLE_DN,
-    USERS,
-    LDAPTestbed,
-    LDAPTestbedFactory,
-    simple_bind_result,
-    write_untrusted_ca,
-)
+from testbed.ldap.directory import GROUPS, PEOPLE_DN, USERS
+from testbed.ldap.fixtures import LDAPTestbedFactory
+from testbed.ldap.pki import write_untrusted_ca
+from testbed.ldap.slapd import LDAPTestbed
+from testbed.ldap.wire import simple_bind_result
 
 # the ldap_testbed / ldap_testbed_factory fixtures (harmless if the root conftest registers them)
 

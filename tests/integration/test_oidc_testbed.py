@@ -15,15 +15,10 @@ import httpx
 import jwt
 import pytest
 
-from testbed.oidc import (
-    DEFAULT_REDIRECT_URI,
-    ISSUER_NAMES,
-    IssuerInfo,
-    LoginError,
-    OIDCTestbed,
-    drive_login,
-    oidc_testbed,
-)
+from testbed.oidc.fixtures import oidc_testbed
+from testbed.oidc.login import LoginError, drive_login
+from testbed.oidc.model import DEFAULT_REDIRECT_URI, ISSUER_NAMES, IssuerInfo
+from testbed.oidc.provider import OIDCTestbed
 
 pytestmark = pytest.mark.oidc
 

@@ -11,11 +11,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+LOOPBACK = "127.0.0.1"  # every test peer listens on this address only
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
 
 

@@ -3,7 +3,7 @@
 #
 # chromium, chromium-driver: headless browser for the page tests (tests/integration/test_demo_browser.py).
 # slapd, ldap-utils: OpenLDAP server + client tools. The tests start their own slapd processes on
-# loopback ports (tests/testbed/ldap.py); no system-wide directory server must be configured or left
+# loopback ports (tests/testbed/ldap/slapd.py); no system-wide directory server must be configured or left
 # running (it would hold port 389 and is not ours).
 set -euo pipefail
 

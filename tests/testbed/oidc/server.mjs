@@ -3,7 +3,7 @@
 // One node process, one loopback HTTP server, several `oidc-provider` issuers mounted under
 // path prefixes (CERN-like `/auth/realms/cern`, INDIGO-IAM-like `/iam`, CILogon-like
 // `/cilogon`). Users, clients and token lifetimes come from a JSON file written by
-// tests/testbed/oidc.py; `/__control/*` lets tests rotate signing keys, register clients and
+// tests/testbed/oidc/provider.py; `/__control/*` lets tests rotate signing keys, register clients and
 // change users while the process runs.
 //
 // Usage: node server.mjs --config CONFIG.json [--port N] [--exit-with-stdin]
