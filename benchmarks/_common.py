@@ -31,7 +31,6 @@ PACKAGES = (
     "kubernetes_asyncio",
     "ldap3",
     "tornado",
-    "authlib",
     "pyjwt",
 )
 

@@ -16,10 +16,7 @@ contract is built by :mod:`afauth.state`. Usage::
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import dataclasses
-import hashlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,18 +31,15 @@ from traitlets import Bool, Dict, Integer, List, Set, Unicode, default
 
 from afauth.bindings import Binding, BindingStore
 from afauth.config import AuthConfig, build_config
-from afauth.errors import AuthFailure, ConfigError, ConfigIssue
-from afauth.handlers import CallbackHandler, handlers
+from afauth.errors import AuthFailure
+from afauth.handlers import completes_redirect_flow, handlers
 from afauth.identity import Identity
 from afauth.idps import IdentityProvider, PasswordIdP, RedirectIdP
-from afauth.mapping import Mapped
+from afauth.mapping import Mapped, map_identity
+from afauth.refresh import Refreshed, RefreshGate, keep_during_outage
 from afauth.state import build_auth_state, identity_from_state
 from afauth.usernames import DEFAULT_MAX_LENGTH
-
-
-def _digest(token: object) -> str:
-    return hashlib.sha256(token.encode()).hexdigest() if isinstance(token, str) and token else ""
-
+from afcore.issues import ConfigError, ConfigIssue
 
 CRYPT_HELP = (
     "afauth keeps OIDC tokens and uid/gid in auth_state, which JupyterHub must encrypt: set "
@@ -117,15 +111,15 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._used_states: dict[str, float] = {}
-        self._refresh_locks: dict[str, asyncio.Lock] = {}
-        self._renewed: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.config_state: AuthConfig = self._build_config(extra_checks=self._check_hub_settings)
+        self._refresh_gate = RefreshGate()
+        #: The validated configuration: IdPs, mappers, managed roles, links, known VOs.
+        self.auth_config: AuthConfig = self._build_config(extra_checks=self._check_hub_settings)
         self.bindings = BindingStore(self.binding_db)
         by_user: dict[str, set[tuple[str, str]]] = {}
-        for key, name in self.config_state.links.items():
+        for key, name in self.auth_config.links.items():
             by_user.setdefault(name, set()).add(key)
         self._links_by_user = by_user
-        for idp in self.config_state.idps.values():
+        for idp in self.auth_config.idps.values():
             if idp.insecure:
                 self.log.warning("INSECURE IdP '%s' enabled: anyone can sign in.", idp.name)
 
@@ -173,10 +167,10 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
     # -- IdPs, routes ----------------------------------------------------------------------------
 
     def idp(self, name: str) -> IdentityProvider | None:
-        return self.config_state.idps.get(name)
+        return self.auth_config.idps.get(name)
 
     def visible_idps(self) -> list[IdentityProvider]:
-        return [i for i in self.config_state.idps.values() if not i.hidden]
+        return [i for i in self.auth_config.idps.values() if not i.hidden]
 
     def single_password_idp(self) -> PasswordIdP | None:
         found = [i for i in self.visible_idps() if isinstance(i, PasswordIdP)]
@@ -190,13 +184,6 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
         if self.auto_login and len(visible) == 1 and isinstance(visible[0], RedirectIdP):
             return str(url_path_join(base_url, "login", visible[0].name))
         return str(url_path_join(base_url, "login"))
-
-    async def start_flow(self, idp: RedirectIdP, **params: str) -> str:
-        try:
-            return await idp.authorization_url(**params)
-        except AuthFailure as exc:
-            self.log.warning("cannot start sign-in with %s: %s", idp.name, exc.detail)
-            raise web.HTTPError(exc.status, exc.message) from None
 
     def used_states(self) -> set[str]:
         now = time.monotonic()
@@ -213,8 +200,7 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
         idp = self.idp(str(data.get("idp", ""))) if data.get("idp") else self.single_password_idp()
         if idp is None:
             raise web.HTTPError(400, "Choose an identity provider on the login page.")
-        if isinstance(idp, RedirectIdP) and not isinstance(handler, CallbackHandler):
-            # only the callback (after its state check) may finish an OIDC flow
+        if isinstance(idp, RedirectIdP) and not completes_redirect_flow(handler):
             raise web.HTTPError(400, f"Sign in with {idp.display_name} using its button.")
         try:
             if isinstance(idp, RedirectIdP):
@@ -243,7 +229,7 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
         allow/block checks have passed, so a refused login never takes a name.
         """
         key = (identity.idp, identity.subject)
-        linked = self.config_state.links.get(key)
+        linked = self.auth_config.links.get(key)
         username = linked or identity.username
         if linked is None:
             earlier = await self.bindings.find(*key)
@@ -281,16 +267,15 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
         return model
 
     def map_identity(self, identity: Identity) -> Mapped:
-        mapped = Mapped()
-        for mapper in self.config_state.mappers:
-            mapped = mapped.merge(mapper.map(identity))
-        vos = mapped.vos & self.config_state.vos if self.config_state.vos else mapped.vos
-        roles = frozenset(r for r in mapped.roles if r in self.config_state.roles)
-        for dropped in sorted(mapped.roles - roles):
+        config = self.auth_config
+        mapped, dropped = map_identity(
+            config.mappers, identity, vos=config.vos, roles=config.roles.keys()
+        )
+        for role in sorted(dropped):
             self.log.warning(
-                "mapping granted unknown role %r to %s; ignored", dropped, identity.username
+                "mapping granted unknown role %r to %s; ignored", role, identity.username
             )
-        return dataclasses.replace(mapped, vos=vos, roles=roles)
+        return mapped
 
     def _roles(self, names: frozenset[str], admin: bool, db: Any) -> list[dict[str, Any]]:
         """Role specs for JupyterHub's sync_roles, which strips every role not listed: so the
@@ -303,7 +288,7 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
                 if found is not None
                 else {"name": base}
             )
-        specs.extend(dict(self.config_state.roles[r]) for r in sorted(names))
+        specs.extend(dict(self.auth_config.roles[r]) for r in sorted(names))
         return specs
 
     def auth_model(
@@ -363,32 +348,20 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
 
     # -- refresh, roles --------------------------------------------------------------------------
 
-    async def refresh_user(self, user: Any, handler: Any = None) -> bool | dict[str, Any]:
+    async def refresh_user(self, user: Any, handler: Any = None) -> Refreshed:
         """Renew tokens before they expire and re-evaluate groups, roles, VOs and access.
 
-        One refresh per user at a time: with rotating refresh tokens, a second concurrent
-        renewal would present the already-used token (and look like token theft to the IdP);
+        One refresh per user at a time (:class:`afauth.refresh.RefreshGate`): with rotating
+        refresh tokens, a second concurrent renewal would present the already-used token;
         it gets the result of the first instead.
         """
         if not self.enable_auth_state:
             return True
-        async with self._refresh_locks.setdefault(user.name, asyncio.Lock()):
-            state = await user.get_auth_state()
-            if not state:
-                return True
-            now = time.monotonic()
-            self._renewed = {k: v for k, v in self._renewed.items() if v[0] > now}
-            old = _digest(state.get("refresh_token"))
-            if old in self._renewed:
-                return copy.deepcopy(self._renewed[old][1])
-            result = await self._refresh(user, state)
-            if isinstance(result, dict) and old:
-                new = _digest(result["auth_state"].get("refresh_token"))
-                if new != old:
-                    self._renewed[old] = (now + 300, copy.deepcopy(result))
-            return result
+        return await self._refresh_gate.run(
+            user.name, user.get_auth_state, lambda state: self._refresh(user, state)
+        )
 
-    async def _refresh(self, user: Any, state: dict[str, Any]) -> bool | dict[str, Any]:
+    async def _refresh(self, user: Any, state: Mapping[str, Any]) -> Refreshed:
         idp = self.idp(str(state.get("idp", "")))
         if idp is None:
             self.log.warning("%s: IdP %r is no longer configured", user.name, state.get("idp"))
@@ -400,8 +373,7 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
             if not self.check_blocked_users(user.name, model):
                 return False
         except AuthFailure as exc:
-            expires_at = state.get("expires_at")
-            if exc.status == 503 and (expires_at is None or expires_at > time.time()):
+            if keep_during_outage(exc.status, state.get("expires_at"), time.time()):
                 self.log.warning("refresh of %s postponed: %s", user.name, exc.detail)
                 return True  # the IdP is down; what we have is still valid
             self.log.warning("refresh of %s refused: %s", user.name, exc.detail or exc.message)
@@ -416,4 +388,4 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
     async def load_managed_roles(self) -> list[dict[str, Any]]:
         if not self.manage_roles:
             raise ValueError("Managed roles can only be loaded when `manage_roles` is True")
-        return [dict(role) for role in self.config_state.roles.values()]
+        return [dict(role) for role in self.auth_config.roles.values()]

@@ -8,7 +8,7 @@ IdPs, mappers, managed roles and links out, or a :class:`ConfigError` listing
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,20 @@ def _plugin(registry: Registry[Any], name: object, path: str, b: Checker) -> Any
         return None
 
 
+def _plugin_entries(
+    raw: Sequence[object], section: str, registry: Registry[Any], b: Checker
+) -> Iterator[tuple[str, Mapping[str, Any], Any]]:
+    """``(path, entry, plugin class)`` of each well-formed ``section[i]`` entry."""
+    for i, entry in enumerate(raw):
+        path = f"{section}[{i}]"
+        if not isinstance(entry, Mapping):
+            b.err(path, f"expected a mapping, got {type(entry).__name__}")
+            continue
+        cls = _plugin(registry, entry.get("type"), join_path(path, "type"), b)
+        if cls is not None:
+            yield path, entry, cls
+
+
 def build_idps(
     raw: object,
     b: Checker,
@@ -56,20 +70,13 @@ def build_idps(
     if not isinstance(raw, list | tuple) or not raw:
         b.err("idps", "configure at least one identity provider (a list of mappings)")
         return idps
-    seen: dict[str, int] = {}
-    for i, entry in enumerate(raw):
-        path = f"idps[{i}]"
-        if not isinstance(entry, Mapping):
-            b.err(path, f"expected a mapping, got {type(entry).__name__}")
-            continue
-        cls = _plugin(registry, entry.get("type"), join_path(path, "type"), b)
-        if cls is None:
-            continue
+    seen: dict[str, str] = {}  # IdP name → path of the entry that took it
+    for path, entry, cls in _plugin_entries(raw, "idps", registry, b):
         problems = cls.validate(entry)
         b.extend(path, problems)
         name = entry.get("name")
         if isinstance(name, str) and name in seen:
-            b.err(join_path(path, "name"), f"'{name}' is already used by idps[{seen[name]}]")
+            b.err(join_path(path, "name"), f"'{name}' is already used by {seen[name]}")
             continue
         if cls.insecure and not allow_insecure:
             b.err(
@@ -80,7 +87,7 @@ def build_idps(
             continue
         if problems:
             continue
-        seen[str(name)] = i
+        seen[str(name)] = path
         try:
             idps[str(name)] = cls(
                 entry, log=log.getChild(str(name)), max_username_length=max_username_length
@@ -105,14 +112,7 @@ def build_mappers(
         b.err("mappers", "expected a list of mappings with a 'type'")
         return out
     registry = registry or mapper_types()
-    for i, entry in enumerate(mappers):
-        path = f"mappers[{i}]"
-        if not isinstance(entry, Mapping):
-            b.err(path, f"expected a mapping, got {type(entry).__name__}")
-            continue
-        cls = _plugin(registry, entry.get("type"), join_path(path, "type"), b)
-        if cls is None:
-            continue
+    for path, entry, cls in _plugin_entries(mappers, "mappers", registry, b):
         problems = cls.validate(entry, path)
         b.issues.extend(problems)
         if not problems:

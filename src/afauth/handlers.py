@@ -9,14 +9,15 @@ Routes (below the hub prefix, e.g. ``/hub``):
 - ``GET /logout``                hub logout, then the IdP's end-session page if configured
 
 Handlers only move data between HTTP and the authenticator; every check lives in
-:mod:`afauth.tokens` (state, ``next``) or in the authenticator.
+:mod:`afauth.flow` (state, ``next``) or in the authenticator. They need only the few methods of
+:class:`LoginService` from it, so this module does not import the authenticator.
 """
 
 from __future__ import annotations
 
 import html
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol
 from urllib.parse import quote, urlencode
 
 from jupyterhub.handlers.base import BaseHandler
@@ -24,17 +25,70 @@ from jupyterhub.handlers.login import LoginHandler, LogoutHandler
 from jupyterhub.utils import get_browser_protocol, url_path_join
 from tornado import web
 
+from afauth.errors import AuthFailure
+from afauth.flow import LoginState, check_state, pkce_challenge, safe_next
 from afauth.idps import IdentityProvider, PasswordIdP, RedirectIdP
-from afauth.tokens import LoginState, check_state, new_secret, pkce_challenge, safe_next
-
-if TYPE_CHECKING:
-    from afauth.authenticator import AFAuthenticator
 
 COOKIE_PREFIX = "afauth-oidc-"
+NOT_ALLOWED = "You are not allowed to use this hub. Ask the facility administrators."
+
+
+class LoginService(Protocol):
+    """What the handlers use of the authenticator (``AFAuthenticator`` provides it)."""
+
+    login_timeout: int
+
+    def idp(self, name: str) -> IdentityProvider | None: ...
+
+    def visible_idps(self) -> list[IdentityProvider]: ...
+
+    def single_password_idp(self) -> PasswordIdP | None: ...
+
+    def used_states(self) -> set[str]: ...
+
+    def mark_state_used(self, state: str) -> None: ...
 
 
 def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _error_html(error: str) -> str:
+    return f'<p class="login_error alert alert-danger" role="alert">{_esc(error)}</p>'
+
+
+def _buttons_html(idps: list[IdentityProvider], base: str, query: str) -> str:
+    buttons = [i for i in idps if isinstance(i, RedirectIdP)]
+    if not buttons:
+        return ""
+    parts = ['<div class="afauth-buttons">']
+    for button in buttons:
+        href = url_path_join(base, "login", quote(button.name)) + query
+        parts.append(
+            f'<p><a role="button" id="afauth-{_esc(button.name)}" class="btn btn-jupyter'
+            f' btn-lg" href="{_esc(href)}">Sign in with {_esc(button.display_name)}</a></p>'
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _form_html(idp: PasswordIdP, action: str, xsrf: str, error: str, username: str) -> str:
+    """The username/password form of one password IdP (``error`` shown inside it)."""
+    name = _esc(idp.name)
+    return (
+        f'<form id="afauth-{name}" class="afauth-form" method="post"'
+        f' action="{_esc(action)}"><h2>{_esc(idp.display_name)}</h2>'
+        + (_error_html(error) if error else "")
+        + f'<input type="hidden" name="_xsrf" value="{_esc(xsrf)}"/>'
+        f'<label for="username-{name}">Username:</label>'
+        f'<input id="username-{name}" class="form-control" type="text"'
+        f' name="username" autocomplete="username" autocapitalize="off"'
+        f' value="{_esc(username)}"/>'
+        f'<label for="password-{name}">Password:</label>'
+        f'<input id="password-{name}" class="form-control" type="password"'
+        ' name="password" autocomplete="current-password"/>'
+        '<input type="submit" class="btn btn-jupyter form-control" value="Sign in"/></form>'
+    )
 
 
 def _login_html(
@@ -52,51 +106,27 @@ def _login_html(
     xsrf = handler.xsrf_token.decode("ascii")
     parts = ['<div class="afauth-login"><h1>Sign in</h1>']
     if error and not error_idp:
-        parts.append(f'<p class="login_error alert alert-danger" role="alert">{_esc(error)}</p>')
-    buttons = [i for i in idps if isinstance(i, RedirectIdP)]
-    if buttons:
-        parts.append('<div class="afauth-buttons">')
-        for button in buttons:
-            href = url_path_join(base, "login", quote(button.name)) + query
-            parts.append(
-                f'<p><a role="button" id="afauth-{_esc(button.name)}" class="btn btn-jupyter'
-                f' btn-lg" href="{_esc(href)}">Sign in with {_esc(button.display_name)}</a></p>'
-            )
-        parts.append("</div>")
+        parts.append(_error_html(error))
+    parts.append(_buttons_html(idps, base, query))
     for idp in (i for i in idps if isinstance(i, PasswordIdP)):
+        mine = error_idp == idp.name
         action = url_path_join(base, "login", quote(idp.name)) + query
-        parts.append(
-            f'<form id="afauth-{_esc(idp.name)}" class="afauth-form" method="post"'
-            f' action="{_esc(action)}"><h2>{_esc(idp.display_name)}</h2>'
-        )
-        if error and error_idp == idp.name:
-            parts.append(
-                f'<p class="login_error alert alert-danger" role="alert">{_esc(error)}</p>'
-            )
-        value = _esc(username) if error_idp == idp.name else ""
-        parts.append(
-            f'<input type="hidden" name="_xsrf" value="{_esc(xsrf)}"/>'
-            f'<label for="username-{_esc(idp.name)}">Username:</label>'
-            f'<input id="username-{_esc(idp.name)}" class="form-control" type="text"'
-            f' name="username" autocomplete="username" autocapitalize="off" value="{value}"/>'
-            f'<label for="password-{_esc(idp.name)}">Password:</label>'
-            f'<input id="password-{_esc(idp.name)}" class="form-control" type="password"'
-            ' name="password" autocomplete="current-password"/>'
-            '<input type="submit" class="btn btn-jupyter form-control" value="Sign in"/></form>'
-        )
+        parts.append(_form_html(idp, action, xsrf, error if mine else "", username if mine else ""))
     parts.append("</div>")
     return "".join(parts)
 
 
-async def render_login(
+def render_login(
     handler: BaseHandler,
     *,
     error: str = "",
     error_idp: str = "",
     username: str = "",
-    status: int = 200,
-) -> None:
-    auth: AFAuthenticator = handler.authenticator
+    **ns: Any,
+) -> Any:
+    """The login page, for every route that shows it: ``render_template``'s result (an
+    awaitable, or a string when JupyterHub renders an error page with ``sync=True``)."""
+    auth: LoginService = handler.authenticator
     next_url = safe_next(handler.get_argument("next", ""), handler.base_url)
     custom = _login_html(
         handler,
@@ -106,16 +136,17 @@ async def render_login(
         error_idp=error_idp,
         username=username,
     )
-    handler.set_status(status)
-    page = await handler.render_template(
+    return handler.render_template(
         "login.html",
-        next=next_url,
-        custom_html=custom,
-        login_error=None,
-        authenticator=auth,
-        xsrf=handler.xsrf_token.decode("ascii"),
+        **{
+            **ns,
+            "next": next_url,
+            "custom_html": custom,
+            "login_error": None,
+            "authenticator": auth,
+            "xsrf": handler.xsrf_token.decode("ascii"),
+        },
     )
-    handler.finish(page)
 
 
 class AFLoginHandler(LoginHandler):  # type: ignore[misc]
@@ -125,21 +156,14 @@ class AFLoginHandler(LoginHandler):  # type: ignore[misc]
     def _render(
         self, login_error: str | None = None, username: str | None = None, **kw: Any
     ) -> Any:
-        """The page (an awaitable, or a string when JupyterHub renders an error with
-        ``sync=True``)."""
-        auth: AFAuthenticator = self.authenticator
-        next_url = safe_next(self.get_argument("next", ""), self.base_url)
-        single = auth.single_password_idp()
-        custom = _login_html(
+        single = self.authenticator.single_password_idp()
+        return render_login(
             self,
-            auth.visible_idps(),
-            next_url=next_url,
             error=login_error or "",
             error_idp=single.name if (single and login_error) else "",
             username=username or "",
+            **kw,
         )
-        ns = {**kw, "next": next_url, "custom_html": custom, "authenticator": auth}
-        return self.render_template("login.html", **ns)
 
 
 def _idp(handler: BaseHandler, name: str) -> IdentityProvider:
@@ -152,27 +176,27 @@ def _idp(handler: BaseHandler, name: str) -> IdentityProvider:
 class IdPLoginHandler(BaseHandler):  # type: ignore[misc]
     """``/hub/login/<idp>``: start an OIDC flow, or sign in with a password."""
 
+    async def _show_login(self, status: int = 200, **kw: str) -> None:
+        self.set_status(status)
+        self.finish(await render_login(self, **kw))
+
     async def get(self, name: str) -> None:
         idp = _idp(self, name)
         if not isinstance(idp, RedirectIdP):
-            await render_login(self)
+            await self._show_login()
             return
-        auth: AFAuthenticator = self.authenticator
-        state = LoginState(
-            idp=idp.name,
-            state=new_secret(),
-            nonce=new_secret(),
-            verifier=new_secret(48),
-            next_url=safe_next(self.get_argument("next", ""), self.base_url),
-            created=time.time(),
-        )
-        url = await auth.start_flow(
-            idp,
-            redirect_uri=redirect_uri(self, idp),
-            state=state.state,
-            nonce=state.nonce,
-            code_challenge=pkce_challenge(state.verifier),
-        )
+        next_url = safe_next(self.get_argument("next", ""), self.base_url)
+        state = LoginState.start(idp.name, next_url, time.time())
+        try:
+            url = await idp.authorization_url(
+                redirect_uri=redirect_uri(self, idp),
+                state=state.state,
+                nonce=state.nonce,
+                code_challenge=pkce_challenge(state.verifier),
+            )
+        except AuthFailure as exc:
+            self.log.warning("cannot start sign-in with %s: %s", idp.name, exc.detail)
+            raise web.HTTPError(exc.status, exc.message) from None
         self._set_cookie(
             COOKIE_PREFIX + idp.name,
             state.encode(),
@@ -193,21 +217,16 @@ class IdPLoginHandler(BaseHandler):  # type: ignore[misc]
         try:
             user = await self.login_user(data)
         except web.HTTPError as exc:
-            await render_login(
-                self,
+            await self._show_login(
+                exc.status_code,
                 error=exc.get_message() or "Sign-in failed.",
                 error_idp=idp.name,
                 username=username[:64],
-                status=exc.status_code,
             )
             return
         if user is None:
-            await render_login(
-                self,
-                error="You are not allowed to use this hub. Ask the facility administrators.",
-                error_idp=idp.name,
-                username=username[:64],
-                status=403,
+            await self._show_login(
+                403, error=NOT_ALLOWED, error_idp=idp.name, username=username[:64]
             )
             return
         self._jupyterhub_user = user
@@ -218,29 +237,14 @@ class IdPLoginHandler(BaseHandler):  # type: ignore[misc]
 class CallbackHandler(BaseHandler):  # type: ignore[misc]
     """``/hub/login/<idp>/callback``: check state, exchange the code, sign the user in."""
 
+    #: See :func:`completes_redirect_flow`: only this handler may finish an OIDC sign-in.
+    completes_redirect_flow: ClassVar[bool] = True
+
     async def get(self, name: str) -> None:
         idp = _idp(self, name)
         if not isinstance(idp, RedirectIdP):
             raise web.HTTPError(404, "This identity provider has no sign-in callback.")
-        auth: AFAuthenticator = self.authenticator
-        cookie = COOKIE_PREFIX + idp.name
-        raw = self.get_secure_cookie(cookie, max_age_days=1)
-        self.clear_cookie(cookie, path=url_path_join(self.hub.base_url, "login", quote(idp.name)))
-        saved = LoginState.decode(raw) if raw else None
-        problem = check_state(
-            saved,
-            idp.name,
-            self.get_argument("state", None),
-            now=time.time(),
-            max_age=auth.login_timeout,
-            used=auth.used_states(),
-        )
-        if problem or saved is None:
-            self.log.warning("OIDC callback for %s refused: %s", idp.name, problem)
-            raise web.HTTPError(
-                400, f"Sign-in failed: {problem}. Please start again from the login page."
-            )
-        auth.mark_state_used(saved.state)
+        saved = self._saved_state(idp)
         error = self.get_argument("error", "")
         if error:
             self.log.warning("%s returned error %r", idp.name, error[:64])
@@ -262,11 +266,33 @@ class CallbackHandler(BaseHandler):  # type: ignore[misc]
         }
         user = await self.login_user(data)
         if user is None:
-            raise web.HTTPError(
-                403, "You are not allowed to use this hub. Ask the facility administrators."
-            )
+            raise web.HTTPError(403, NOT_ALLOWED)
         self._jupyterhub_user = user
         self.redirect(saved.next_url or self.get_next_url(user))
+
+    def _saved_state(self, idp: RedirectIdP) -> LoginState:
+        """The login this browser started (its cookie, consumed here), checked against the
+        callback's ``state``; 400 when they do not match."""
+        auth: LoginService = self.authenticator
+        cookie = COOKIE_PREFIX + idp.name
+        raw = self.get_secure_cookie(cookie, max_age_days=1)
+        self.clear_cookie(cookie, path=url_path_join(self.hub.base_url, "login", quote(idp.name)))
+        saved = LoginState.decode(raw) if raw else None
+        problem = check_state(
+            saved,
+            idp.name,
+            self.get_argument("state", None),
+            now=time.time(),
+            max_age=auth.login_timeout,
+            used=auth.used_states(),
+        )
+        if problem or saved is None:
+            self.log.warning("OIDC callback for %s refused: %s", idp.name, problem)
+            raise web.HTTPError(
+                400, f"Sign-in failed: {problem}. Please start again from the login page."
+            )
+        auth.mark_state_used(saved.state)
+        return saved
 
     def append_query_parameters(self, url: str, exclude: Any = None) -> str:
         """Never carry the callback's ``code``/``state`` on to the next page."""
@@ -300,6 +326,12 @@ class AFLogoutHandler(LogoutHandler):  # type: ignore[misc]
             self.redirect(self._end_session)
         else:
             await super().render_logout_page()
+
+
+def completes_redirect_flow(handler: object) -> bool:
+    """Whether ``handler`` may finish a redirect (OIDC) sign-in: only :class:`CallbackHandler`,
+    after its state check. A form posted to ``/login`` with a ``code`` never can."""
+    return getattr(handler, "completes_redirect_flow", False) is True
 
 
 def redirect_uri(handler: BaseHandler, idp: IdentityProvider) -> str:

@@ -18,15 +18,16 @@ rule matches when the claim has any value; without ``claim`` it matches every lo
 
 from __future__ import annotations
 
+import functools
 import re
-import string
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from afauth.errors import ConfigIssue, join_path
 from afauth.identity import Identity
-from afspawner.registry import GROUPS, Registry
+from afcore.issues import ConfigIssue, join_path
+from afcore.registry import Registry
+from afcore.templates import TemplateError, placeholders
 
 GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9\-_~.]{1,253}[a-z0-9]$")  # JupyterHub's rule
@@ -125,19 +126,9 @@ def claim_values(claims: Mapping[str, object], path: str) -> list[str]:
 def _template_fields(template: str) -> list[str] | str:
     """Placeholder names of ``template`` or a problem description."""
     try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        return f"'{template}' is not a valid template: {exc}"
-    names: list[str] = []
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if not name.isidentifier():
-            return f"placeholder '{{{name}}}' in '{template}' must be a simple name"
-        if spec or conversion:
-            return f"placeholder '{{{name}}}' in '{template}' must not carry a format"
-        names.append(name)
-    return names
+        return placeholders(template)
+    except TemplateError as exc:
+        return str(exc)
 
 
 def _strings(value: object, path: str, issues: list[ConfigIssue]) -> tuple[str, ...]:
@@ -168,6 +159,29 @@ def parse_rule(raw: object, path: str, issues: list[ConfigIssue]) -> Rule | None
             issues.append(
                 ConfigIssue(join_path(path, str(key)), f"unknown key; allowed: {allowed}")
             )
+    rule = _parse_condition(raw, path, issues)
+    admin = raw.get("admin", False)
+    if not isinstance(admin, bool):
+        issues.append(ConfigIssue(join_path(path, "admin"), "must be true or false"))
+        admin = False
+    available = {"value", "idp"} | (set(rule.pattern.groupindex) if rule.pattern else set())
+    outputs, used = _parse_outputs(raw, path, available, issues)
+    if not admin and not any(outputs.values()) and len(issues) == start:
+        issues.append(ConfigIssue(path, "a rule needs an output: group, vo, role or admin"))
+    if len(issues) > start:
+        return None
+    return replace(
+        rule,
+        groups=tuple(outputs["groups"]),
+        vos=tuple(outputs["vos"]),
+        roles=tuple(outputs["roles"]),
+        admin=admin,
+        placeholders=frozenset(used),
+    )
+
+
+def _parse_condition(raw: Mapping[str, Any], path: str, issues: list[ConfigIssue]) -> Rule:
+    """What a rule matches on: ``claim`` with ``value`` or ``match``, and ``idp``."""
     claim = raw.get("claim")
     if claim is not None and (not isinstance(claim, str) or not claim):
         issues.append(ConfigIssue(join_path(path, "claim"), "expected a non-empty string"))
@@ -191,11 +205,13 @@ def parse_rule(raw: object, path: str, issues: list[ConfigIssue]) -> Rule | None
     idps = frozenset(_strings(raw["idp"], join_path(path, "idp"), issues)) if "idp" in raw else ()
     if claim is None and not idps and "claim" not in raw:
         issues.append(ConfigIssue(path, "a rule needs a 'claim' or an 'idp' to match on"))
-    admin = raw.get("admin", False)
-    if not isinstance(admin, bool):
-        issues.append(ConfigIssue(join_path(path, "admin"), "must be true or false"))
-        admin = False
-    available = {"value", "idp"} | (set(pattern.groupindex) if pattern else set())
+    return Rule(claim=claim, values=values, pattern=pattern, idps=frozenset(idps))
+
+
+def _parse_outputs(
+    raw: Mapping[str, Any], path: str, available: set[str], issues: list[ConfigIssue]
+) -> tuple[dict[str, list[str]], set[str]]:
+    """The group/VO/role templates of a rule by kind, and the placeholders they use."""
     outputs: dict[str, list[str]] = {"groups": [], "vos": [], "roles": []}
     used: set[str] = set()
     for key in ("group", "groups", "vo", "vos", "role", "roles"):
@@ -204,37 +220,27 @@ def parse_rule(raw: object, path: str, issues: list[ConfigIssue]) -> Rule | None
         kind = OUTPUT_KEYS.get(key, key)
         for i, template in enumerate(_strings(raw[key], join_path(path, key), issues)):
             where = join_path(path, key) if isinstance(raw[key], str) else f"{path}.{key}[{i}]"
-            names = _template_fields(template)
+            names = _output_fields(template, kind, available)
             if isinstance(names, str):
                 issues.append(ConfigIssue(where, names))
                 continue
-            unknown = [n for n in names if n not in available]
-            if unknown:
-                known = ", ".join("{" + n + "}" for n in sorted(available))
-                issues.append(
-                    ConfigIssue(where, f"unknown placeholder '{{{unknown[0]}}}'; use {known}")
-                )
-                continue
-            if not names and not _valid_output(kind, template):
-                issues.append(ConfigIssue(where, f"'{template}' is not a valid {kind[:-1]} name"))
-                continue
             used.update(names)
             outputs[kind].append(template)
-    if not admin and not any(outputs.values()) and len(issues) == start:
-        issues.append(ConfigIssue(path, "a rule needs an output: group, vo, role or admin"))
-    if len(issues) > start:
-        return None
-    return Rule(
-        claim=claim,
-        values=values,
-        pattern=pattern,
-        idps=frozenset(idps),
-        groups=tuple(outputs["groups"]),
-        vos=tuple(outputs["vos"]),
-        roles=tuple(outputs["roles"]),
-        admin=admin,
-        placeholders=frozenset(used),
-    )
+    return outputs, used
+
+
+def _output_fields(template: str, kind: str, available: set[str]) -> list[str] | str:
+    """Placeholders of an output template of ``kind``, or why it is refused."""
+    names = _template_fields(template)
+    if isinstance(names, str):
+        return names
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        known = ", ".join("{" + n + "}" for n in sorted(available))
+        return f"unknown placeholder '{{{unknown[0]}}}'; use {known}"
+    if not names and not _valid_output(kind, template):
+        return f"'{template}' is not a valid {kind[:-1]} name"
+    return names
 
 
 def parse_rules(raw: object, path: str = "mapping") -> tuple[list[Rule], list[ConfigIssue]]:
@@ -366,10 +372,31 @@ class RulesMapper(Mapper):
         return apply_rules(self.rules, identity)
 
 
+def map_identity(
+    mappers: Iterable[Mapper],
+    identity: Identity,
+    *,
+    vos: Collection[str],
+    roles: Collection[str],
+) -> tuple[Mapped, frozenset[str]]:
+    """What every mapper grants ``identity``, merged; VOs kept only if listed in ``vos`` (all
+    when it is empty), roles only if managed (in ``roles``). Also the roles dropped, to log."""
+    mapped = Mapped()
+    for mapper in mappers:
+        mapped = mapped.merge(mapper.map(identity))
+    known_vos = mapped.vos & frozenset(vos) if vos else mapped.vos
+    known_roles = frozenset(r for r in mapped.roles if r in roles)
+    return replace(mapped, vos=known_vos, roles=known_roles), mapped.roles - known_roles
+
+
+MAPPER_GROUP = "afauth.mappers"  # entry-point group of mapper plugins
+
+
 def _is_mapper(obj: object) -> bool:
     return isinstance(obj, type) and issubclass(obj, Mapper) and bool(obj.name)
 
 
+@functools.cache
 def mapper_types() -> Registry[type[Mapper]]:
     """Registry of installed mapper plugins (``afauth.mappers``)."""
-    return Registry(GROUPS["mappers"], "mapper", _is_mapper)
+    return Registry(MAPPER_GROUP, "mapper", _is_mapper)

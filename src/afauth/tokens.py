@@ -1,20 +1,16 @@
-"""Pure OIDC helpers: id_token verification against a JWKS, PKCE, login state, safe ``next``.
+"""Pure id_token verification against a JWKS (the sign-in flow helpers are in
+:mod:`afauth.flow`).
 
 Nothing here does I/O; the OIDC IdP fetches discovery and JWKS documents and hands them in.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
-import json
-import secrets
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import jwt
 
@@ -96,6 +92,15 @@ def verify_id_token(
     the token age, ``sub`` and ``nonce``.
     """
     now = time.time() if now is None else now
+    alg, public_key = _signing_key(token, jwks, expect)
+    claims = _decode(token, public_key, alg, expect)
+    _check_times(claims, expect, now)
+    _check_identity(claims, expect)
+    return claims
+
+
+def _signing_key(token: str, jwks: Mapping[str, Any], expect: Expectations) -> tuple[str, Any]:
+    """The token's ``alg`` and the public key that must have signed it."""
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
         raise TokenError("malformed", "the id_token is missing or too large")
     try:
@@ -114,9 +119,13 @@ def verify_id_token(
     if alg in _EC_CURVE and key.get("crv") != _EC_CURVE[alg]:
         raise TokenError("alg", f"the id_token's algorithm {alg} does not fit its key's curve")
     try:
-        public_key = jwt.PyJWK(dict(key), algorithm=alg).key
+        return alg, jwt.PyJWK(dict(key), algorithm=alg).key
     except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
         raise TokenError("key", f"the IdP's key {key.get('kid')!r} is unusable: {exc}") from None
+
+
+def _decode(token: str, public_key: Any, alg: str, expect: Expectations) -> dict[str, Any]:
+    """Signature, ``iss``, ``aud`` and the required claims (times: :func:`_check_times`)."""
     # Times are checked by _check_times against ``now`` (PyJWT would use the wall clock).
     try:
         claims: dict[str, Any] = jwt.decode(
@@ -143,7 +152,11 @@ def verify_id_token(
         raise TokenError("claims", f"the id_token lacks the {exc.claim!r} claim") from None
     except jwt.InvalidTokenError as exc:
         raise TokenError("malformed", f"the id_token is invalid: {type(exc).__name__}") from None
-    _check_times(claims, expect, now)
+    return claims
+
+
+def _check_identity(claims: Mapping[str, Any], expect: Expectations) -> None:
+    """``azp`` with several audiences, ``sub`` (pinned on refresh) and ``nonce``."""
     aud = claims.get("aud")
     if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != expect.client_id:
         raise TokenError("aud", "the id_token has several audiences and another azp")
@@ -156,7 +169,6 @@ def verify_id_token(
         nonce = claims.get("nonce")
         if not isinstance(nonce, str) or not hmac.compare_digest(nonce, expect.nonce):
             raise TokenError("nonce", "the id_token does not answer this sign-in (nonce)")
-    return claims
 
 
 def _check_times(claims: Mapping[str, Any], expect: Expectations, now: float) -> None:
@@ -173,100 +185,3 @@ def _check_times(claims: Mapping[str, Any], expect: Expectations, now: float) ->
         raise TokenError("not_yet_valid", "the id_token is not valid yet (nbf/iat in the future)")
     if expect.max_age is not None and iat < now - expect.max_age - expect.leeway:
         raise TokenError("too_old", "the id_token was issued too long ago")
-
-
-# ---------------------------------------------------------------------------------------------
-# PKCE, state, next
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def new_secret(nbytes: int = 32) -> str:
-    return b64url(secrets.token_bytes(nbytes))
-
-
-def pkce_challenge(verifier: str) -> str:
-    """S256 code challenge of a PKCE ``verifier`` (RFC 7636 section 4.2)."""
-    return b64url(hashlib.sha256(verifier.encode("ascii")).digest())
-
-
-@dataclass(frozen=True)
-class LoginState:
-    """What the browser carries (signed) between ``/login/<idp>`` and its callback."""
-
-    idp: str
-    state: str
-    nonce: str
-    verifier: str
-    next_url: str
-    created: float
-
-    def encode(self) -> str:
-        return json.dumps(
-            {
-                "i": self.idp,
-                "s": self.state,
-                "n": self.nonce,
-                "v": self.verifier,
-                "x": self.next_url,
-                "t": self.created,
-            },
-            separators=(",", ":"),
-        )
-
-    @classmethod
-    def decode(cls, raw: str | bytes) -> LoginState | None:
-        try:
-            d = json.loads(raw)
-            return cls(
-                str(d["i"]), str(d["s"]), str(d["n"]), str(d["v"]), str(d["x"]), float(d["t"])
-            )
-        except (ValueError, TypeError, KeyError):
-            return None
-
-
-def check_state(
-    saved: LoginState | None,
-    idp: str,
-    returned_state: str | None,
-    *,
-    now: float,
-    max_age: float,
-    used: Collection[str] = (),
-) -> str | None:
-    """Why the callback's ``state`` does not match the login this browser started, or None."""
-    if saved is None:
-        return "no sign-in was started in this browser, or it has already been completed"
-    if not returned_state:
-        return "the identity provider returned no state"
-    if saved.idp != idp:
-        return "the sign-in was started with another identity provider"
-    if not hmac.compare_digest(saved.state.encode(), returned_state.encode()):
-        return "the sign-in was started in another tab or window"
-    if saved.state in used:
-        return "this sign-in has already been completed"
-    if now - saved.created > max_age or saved.created > now + 60:
-        return "the sign-in took too long"
-    return None
-
-
-def safe_next(next_url: object, base_url: str = "/") -> str:
-    """``next_url`` if it is a local path under ``base_url``, else ``""``.
-
-    Refuses absolute and scheme-relative URLs (``//evil``, ``/\\evil``), other schemes
-    (``javascript:``), control characters and paths outside the hub's base URL.
-    """
-    if not isinstance(next_url, str) or not next_url or len(next_url) > 2048:
-        return ""
-    if any(ord(c) < 0x20 or c == "\x7f" or c == "\\" for c in next_url):
-        return ""
-    if not next_url.startswith("/") or next_url.startswith("//"):
-        return ""
-    parts = urlsplit(next_url)
-    if parts.scheme or parts.netloc:
-        return ""
-    if not (next_url + "/").startswith(base_url if base_url.endswith("/") else base_url + "/"):
-        return ""
-    return next_url

@@ -29,7 +29,8 @@ from jupyterhub.utils import random_port
 from traitlets.config import Config
 
 from afauth.authenticator import AFAuthenticator
-from testbed.oidc import OIDCTestbed, drive_login
+from testbed.oidc.login import drive_login
+from testbed.oidc.provider import OIDCTestbed
 
 PROXY = str(Path(sys.executable).parent / "configurable-http-proxy")
 _XSRF = re.compile(r'name="_xsrf" value="([^"]+)"')
@@ -173,7 +174,7 @@ async def start_hub(config: dict[str, Any], oidc: OIDCTestbed | None) -> AuthHub
     await app.start()
     hub = AuthHub(app=app, url=public_url(app), oidc=oidc)
     if oidc is not None:
-        for name, idp in hub.authenticator.config_state.idps.items():
+        for name, idp in hub.authenticator.auth_config.idps.items():
             issuer = getattr(idp, "issuer", None)
             if issuer:
                 oidc.add_redirect_uris(hub.callback_uri(name), issuer=issuer_of(oidc, issuer))
@@ -184,7 +185,7 @@ async def stop_hub(hub: AuthHub) -> None:
     for browser in hub.browsers:
         await browser.aclose()
     app = hub.app
-    for idp in app.authenticator.config_state.idps.values():
+    for idp in app.authenticator.auth_config.idps.values():
         await idp.close()
     if app.http_server:
         app.http_server.stop()

@@ -27,7 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from afauth.idps.oidc import OIDC
 from integration.authhub import AuthHub, auth_hub
 from integration.test_auth_oidc import af_config
-from testbed.oidc import OIDCTestbed, drive_login, oidc_testbed
+from testbed.oidc.fixtures import oidc_testbed
+from testbed.oidc.login import drive_login
+from testbed.oidc.provider import OIDCTestbed
 
 pytestmark = [pytest.mark.oidc, pytest.mark.hub]
 

@@ -11,14 +11,17 @@ import pytest
 from jupyterhub.crypto import CryptKeeper
 from jupyterhub.tests.mocking import MockHub
 
-from afauth.errors import ConfigError
+from afcore.issues import ConfigError
 from integration.authhub import AuthHub, auth_hub, hub_config, start_hub
 from integration.test_auth_ldap import MAPPING as LDAP_MAPPING
 from integration.test_auth_ldap import ldap_idp
 from integration.test_auth_oidc import MAPPING as OIDC_MAPPING
 from integration.test_auth_oidc import ROLES, af_config, idp_config
-from testbed.ldap import LDAPTestbed, ldap_testbed
-from testbed.oidc import LoginError, OIDCTestbed, oidc_testbed
+from testbed.ldap.fixtures import ldap_testbed
+from testbed.ldap.slapd import LDAPTestbed
+from testbed.oidc.fixtures import oidc_testbed
+from testbed.oidc.login import LoginError
+from testbed.oidc.provider import OIDCTestbed
 
 pytestmark = [pytest.mark.oidc, pytest.mark.ldap, pytest.mark.hub]
 

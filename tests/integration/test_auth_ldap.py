@@ -11,7 +11,9 @@ import pytest
 
 from afauth.idps.ldap import LDAP
 from integration.authhub import AuthHub, auth_hub
-from testbed.ldap import LDAPTestbed, ldap_testbed, ldap_testbed_factory, write_untrusted_ca
+from testbed.ldap.fixtures import ldap_testbed, ldap_testbed_factory
+from testbed.ldap.pki import write_untrusted_ca
+from testbed.ldap.slapd import LDAPTestbed
 
 pytestmark = [pytest.mark.ldap, pytest.mark.hub]
 

@@ -17,7 +17,9 @@ import pytest
 
 from afauth.state import CONTRACT
 from integration.authhub import AuthHub, auth_hub
-from testbed.oidc import RECOMMENDED_SCOPES, OIDCTestbed, oidc_testbed
+from testbed.oidc.fixtures import oidc_testbed
+from testbed.oidc.model import RECOMMENDED_SCOPES
+from testbed.oidc.provider import OIDCTestbed
 
 pytestmark = [pytest.mark.oidc, pytest.mark.hub]
 

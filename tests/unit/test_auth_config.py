@@ -13,12 +13,12 @@ from jupyterhub.crypto import CryptKeeper
 from traitlets.config import Config
 
 from afauth.authenticator import AFAuthenticator
-from afauth.config import _Builder, build_config, build_idps
-from afauth.errors import ConfigError
+from afauth.config import build_config, build_idps
 from afauth.identity import Identity
 from afauth.idps import PasswordIdP, idp_types
-from afauth.options import Option
-from afspawner.registry import Registry
+from afcore.issues import Checker, ConfigError
+from afcore.options import Option
+from afcore.registry import Registry
 
 LOG = logging.getLogger("test")
 
@@ -244,7 +244,7 @@ class SiteIdP(PasswordIdP):
 def test_site_idp_plugins_are_loaded_and_validated() -> None:
     ep = EntryPoint("site", f"{__name__}:SiteIdP", "afauth.idps")
     registry = Registry("afauth.idps", "identity provider type", idp_types()._check, eps=[ep])
-    b = _Builder()
+    b = Checker()
     idps = build_idps(
         [{"name": "x", "type": "site", "realm": "r"}, {"name": "y", "type": "site"}],
         b,
@@ -254,7 +254,7 @@ def test_site_idp_plugins_are_loaded_and_validated() -> None:
         registry=registry,
     )
     assert list(idps) == ["x"] and isinstance(idps["x"], SiteIdP)
-    assert [str(i) for i in b.issues] == ["idps[1].realm: required"]
+    assert [str(i) for i in b.issues] == ["idps[1].realm: required for a site IdP"]
     bad = EntryPoint("bad", "logging:Logger", "afauth.idps")
     registry = Registry("afauth.idps", "identity provider type", idp_types()._check, eps=[bad])
     build_idps([{"name": "z", "type": "bad"}], b, allow_insecure=False, max_username_length=48,

@@ -20,6 +20,7 @@ from afauth.mapping import (
     apply_rules,
     claim_values,
     lookup,
+    map_identity,
     mapper_types,
     parse_rules,
 )
@@ -259,3 +260,16 @@ def test_rules_are_a_union_order_does_not_matter(a: list[Any], b: list[Any], cla
 @given(claims_strategy)
 def test_no_rules_no_privileges(claims: Any) -> None:
     assert apply_rules([], ident("iam", **claims)) == Mapped()
+
+
+def test_map_identity_merges_mappers_and_keeps_known_vos_and_managed_roles() -> None:
+    first = RulesMapper(
+        {"rules": [WLCG, {"claim": "wlcg.groups", "value": "/cms", "role": "cms-x"}]}
+    )
+    second = RulesMapper({"rules": [{"idp": "iam", "vo": "dune", "role": "ghost"}]})
+    identity = ident("iam", **{"wlcg.groups": ["/cms", "/atlas"]})
+    mapped, dropped = map_identity([first, second], identity, vos={"cms", "dune"}, roles={"cms-x"})
+    assert mapped.vos == {"cms", "dune"} and mapped.groups == {"cms", "atlas"}
+    assert mapped.roles == {"cms-x"} and dropped == {"ghost"}
+    unfiltered, _ = map_identity([first, second], identity, vos=(), roles=())
+    assert unfiltered.vos == {"cms", "atlas", "dune"} and unfiltered.roles == frozenset()

@@ -18,7 +18,7 @@ def _is_idp_type(obj: object) -> bool:
 
 @functools.cache
 def idp_types() -> Registry[type[IdentityProvider]]:
-    """Registry of installed IdP types (built-ins are declared as entry points too); one per process."""
+    """Registry of installed IdP types (built-ins are entry points too); one per process."""
     return Registry(GROUP, "identity provider type", _is_idp_type)
 
 

@@ -8,13 +8,17 @@ the IdP and a callback) and *password* IdPs (LDAP, dev: a form on the login page
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 from afauth.errors import AuthFailure
 from afauth.identity import Identity
-from afauth.options import NAME_RE, Option, as_list, check_options, file_problem
 from afauth.usernames import DEFAULT_MAX_LENGTH
+from afcore.options import Option, as_list, check_options, file_problem
+
+#: An IdP's ``name``: its route (``/hub/login/<name>``) and binding key.
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 #: Options every IdP accepts, whatever its type.
 COMMON_OPTIONS: Mapping[str, Option] = {
@@ -35,6 +39,8 @@ class IdentityProvider:
     description: ClassVar[str] = ""
     kind: ClassVar[Literal["redirect", "password"]] = "password"
     options: ClassVar[Mapping[str, Option]] = {}
+    #: Values of options the site leaves unset (presets override some); read with :meth:`opt`.
+    defaults: ClassVar[Mapping[str, object]] = {}
     #: Insecure types (``dev``) are refused unless the site explicitly allows them.
     insecure: ClassVar[bool] = False
     #: Options naming files that must be readable when the hub starts.
@@ -84,14 +90,17 @@ class IdentityProvider:
         """Rules across options; override in subclasses."""
         return []
 
+    def opt(self, key: str) -> Any:
+        """The configured value of option ``key``, else its default (``None`` if neither)."""
+        value = self.config.get(key)
+        return self.defaults.get(key) if value is None else value
+
     def default_display_name(self) -> str:
         return self.name
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def refresh(
-        self, state: Mapping[str, Any], *, margin: float, force: bool = False
-    ) -> Identity | None:
+    async def refresh(self, state: Mapping[str, Any], *, margin: float) -> Identity | None:
         """A fresh identity for the auth_state of an earlier login, or ``None`` if nothing
         needs doing. Raise :class:`AuthFailure` when the person must sign in again."""
         return None

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 from afauth.errors import AuthFailure
 from afauth.identity import Identity
 from afauth.idps.base import PasswordIdP
-from afauth.options import Option
 from afauth.usernames import normalise_username
+from afcore.options import Option
 
 USER_KEYS = frozenset({"groups", "claims", "uid", "gid"})
 

@@ -30,8 +30,8 @@ from afauth.errors import AuthFailure
 from afauth.identity import Identity
 from afauth.idps.base import PasswordIdP
 from afauth.idps.ldap_support import close, fill, filter_problem, first, parent, to_int
-from afauth.options import Option, as_list
 from afauth.usernames import MAX_INPUT_LENGTH, normalise_username
+from afcore.options import Option, as_list
 
 INVALID = "Invalid username or password."
 
@@ -76,7 +76,7 @@ class LDAP(PasswordIdP):
         "pool_size": Option("int", help="pooled service connections (default 2)"),
         "max_workers": Option("int", help="threads for LDAP calls (default 4)"),
     }
-    DEFAULTS: ClassVar[Mapping[str, object]] = {
+    defaults: ClassVar[Mapping[str, object]] = {
         "start_tls": True,
         "allow_plaintext": False,
         "user_filter": "(uid={username})",
@@ -102,10 +102,6 @@ class LDAP(PasswordIdP):
         )
         self.stats = _Stats()
         self._bind_password: str | None = None
-
-    def opt(self, key: str) -> Any:
-        value = self.config.get(key)
-        return self.DEFAULTS.get(key) if value is None else value
 
     def default_display_name(self) -> str:
         return self.name.upper()
@@ -430,9 +426,7 @@ class LDAP(PasswordIdP):
             )
         return await self._run(self._login_sync, username, password)
 
-    async def refresh(
-        self, state: Mapping[str, Any], *, margin: float, force: bool = False
-    ) -> Identity | None:
+    async def refresh(self, state: Mapping[str, Any], *, margin: float) -> Identity | None:
         claims = state.get("claims") or {}
         uid = (
             claims.get(str(self.opt("username_attribute"))) if isinstance(claims, Mapping) else None

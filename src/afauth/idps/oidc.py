@@ -21,7 +21,6 @@ from afauth.errors import AuthFailure
 from afauth.identity import Identity, Tokens
 from afauth.idps.base import RedirectIdP
 from afauth.mapping import claim_values, lookup
-from afauth.options import Option, as_list, url_problem
 from afauth.tokens import (
     DEFAULT_ALGORITHMS,
     Expectations,
@@ -31,6 +30,7 @@ from afauth.tokens import (
     verify_id_token,
 )
 from afauth.usernames import normalise_username
+from afcore.options import Option, as_list, url_problem
 
 #: Claims that only the (signed) id_token may set when userinfo is merged in.
 PROTOCOL_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "nbf", "nonce", "azp", "auth_time", "at_hash")
@@ -42,7 +42,9 @@ RESERVED_PARAMS = frozenset(
 MAX_RESPONSE = 1024 * 1024
 
 
-def _truthy(value: object) -> bool:
+def email_verified(claims: Mapping[str, Any]) -> bool:
+    """Whether the IdP vouches for the ``email`` claim (``email_verified`` true, or "true")."""
+    value = claims.get("email_verified")
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
@@ -77,7 +79,6 @@ class OIDC(RedirectIdP):
         "refresh": Option("bool", help="use refresh tokens in refresh_user (default true)"),
         "end_session": Option("bool", help="end the IdP session on hub logout"),
     }
-    #: Preset values used when the site does not set an option.
     defaults: ClassVar[Mapping[str, object]] = {
         "scope": ["openid", "profile", "email"],
         "username_claim": "sub",
@@ -111,13 +112,6 @@ class OIDC(RedirectIdP):
         self.discovery_fetches = 0
 
     # -- configuration -------------------------------------------------------------------------
-
-    def opt(self, key: str) -> Any:
-        value = self.config.get(key)
-        return self.defaults.get(key) if value is None else value
-
-    def default_display_name(self) -> str:
-        return self.name
 
     @classmethod
     def check_combination(cls, config: Mapping[str, object]) -> list[tuple[str, str]]:
@@ -402,7 +396,7 @@ class OIDC(RedirectIdP):
     def raw_username(self, claims: Mapping[str, Any]) -> object:
         """The stable identifier the hub name is made from (override in presets)."""
         claim = str(self.opt("username_claim"))
-        if claim == "email" and not _truthy(claims.get("email_verified")):
+        if claim == "email" and not email_verified(claims):
             raise AuthFailure(
                 f"{self.display_name} has not verified your email address, which this hub "
                 "uses as your user name. Verify it there, then sign in again.",
@@ -415,7 +409,7 @@ class OIDC(RedirectIdP):
         username = normalise_username(
             self.raw_username(claims), max_length=self.max_username_length
         )
-        verified = _truthy(claims.get("email_verified"))
+        verified = email_verified(claims)
         email = claims.get("email") if verified and isinstance(claims.get("email"), str) else None
         groups_claim = self.opt("groups_claim")
         idp_groups = tuple(claim_values(claims, str(groups_claim))) if groups_claim else ()
@@ -434,13 +428,11 @@ class OIDC(RedirectIdP):
 
     # -- refresh and logout --------------------------------------------------------------------
 
-    async def refresh(
-        self, state: Mapping[str, Any], *, margin: float, force: bool = False
-    ) -> Identity | None:
+    async def refresh(self, state: Mapping[str, Any], *, margin: float) -> Identity | None:
         expires_at = state.get("expires_at")
         now = time.time()
         fresh = isinstance(expires_at, int | float) and expires_at - now > margin
-        if fresh and not force:
+        if fresh:
             return None
         refresh_token = state.get("refresh_token")
         if not refresh_token or not self.opt("refresh"):

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from afauth.errors import AuthFailure
-from afauth.idps.oidc import OIDC, _truthy
+from afauth.idps.oidc import OIDC, email_verified
 from afauth.mapping import lookup
-from afauth.options import Option, as_list
+from afcore.options import Option, as_list
 
 
 def _optional_issuer(options: Mapping[str, Option]) -> dict[str, Option]:
@@ -127,7 +127,7 @@ class CILogon(OIDC):
             )
         entry = self.allowed[entity]
         claim = entry.get("username_claim") or str(self.opt("username_claim"))
-        if claim == "email" and not _truthy(claims.get("email_verified")):
+        if claim == "email" and not email_verified(claims):
             raise AuthFailure(
                 "Your institution has not verified your email address, which this hub uses as "
                 "your user name.",
