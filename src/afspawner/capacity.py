@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from afcore.quantity import QuantityError, parse_quantity
 from afspawner.facility import GPUClass
-from afspawner.quantity import QuantityError, parse_quantity
 
 TERMINATED = ("Succeeded", "Failed")
 

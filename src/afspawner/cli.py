@@ -3,7 +3,8 @@
 ``afhub check FACILITY.yaml`` validates a facility file and prints a one-screen summary
 (exit 0), or lists every error with its key path (exit 2).
 
-``afhub render FACILITY.yaml --user U --groups a,b --flavor F [--uid N --gid N] [--server S]``
+``afhub render FACILITY.yaml --user U --groups a,b --flavor F [--uid N --gid N] [--server S]
+[--allow-root]``
 prints the exact objects the Kubernetes backend would create, or exits 2 with the refusal.
 """
 
@@ -14,10 +15,9 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from afcore.quantity import human_cpu, human_memory
 from afspawner.facility import Facility, Resources
-from afspawner.loader import load_facility_file
-from afspawner.quantity import human_cpu, human_memory
-from afspawner.validation import FacilityError
+from afspawner.loader import FacilityError, load_facility_file
 
 EXIT_INVALID = 2
 
@@ -85,19 +85,17 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import yaml
 
-    from afspawner.manifests import PodSettings, make_objects
+    from afspawner.manifests import PodSettings, make_objects, server_namespace
+    from afspawner.pipeline import plan_spawn, user_context
     from afspawner.plan import UserIdentity
-    from afspawner.policy import Refusal, UserContext, parse_options, resolve
+    from afspawner.policy import PolicySettings, Refusal
 
     try:
         fac = load_facility_file(args.facility)
     except FacilityError as exc:
         print(str(exc), file=err)
         return EXIT_INVALID
-    groups = frozenset(g for g in args.groups.split(",") if g)
-    vos = [v for v in args.vos.split(",") if v] if args.vos else []
-    vos += [g for g in sorted(groups) if g in fac.vos and g not in vos]
-    user = UserContext(args.user, groups, tuple(vos))
+    user = user_context(fac, args.user, _names(args.groups), _names(args.vos))
     options: dict[str, object] = {"flavor": args.flavor}
     if args.vo:
         options["vo"] = args.vo
@@ -105,19 +103,23 @@ def _render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         options["gpus"] = args.gpus
     try:
         identity = UserIdentity(args.user, args.uid, args.gid)
-        plan = resolve(fac, user, parse_options(options), identity, args.server)
+        settings = PolicySettings(allow_root=args.allow_root)
+        plan = plan_spawn(fac, settings, user, identity, options, args.server)
     except Refusal as exc:
         print(f"refused ({exc.status}): {exc.message}", file=err)
         return EXIT_INVALID
-    namespace = args.namespace
-    if plan.vo and fac.vos[plan.vo].namespace:
-        namespace = fac.vos[plan.vo].namespace
-    objs = make_objects(
-        plan, PodSettings(namespace=namespace, hub_env={"JUPYTERHUB_API_TOKEN": "<set by the hub>"})
+    pod_settings = PodSettings(
+        namespace=server_namespace(plan, args.namespace),
+        hub_env={"JUPYTERHUB_API_TOKEN": "<set by the hub>"},
     )
+    objs = make_objects(plan, pod_settings)
     docs = [*objs.claims, objs.secret, objs.pod]
     out.write(yaml.safe_dump_all(docs, sort_keys=False))
     return 0
+
+
+def _names(csv: str) -> list[str]:
+    return [n for n in csv.split(",") if n]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--gid", type=int, default=100)
     render.add_argument("--server", default="", help="named server")
     render.add_argument("--namespace", default="default", help="namespace of VO-less servers")
+    render.add_argument(
+        "--allow-root", action="store_true", help="as c.AFSpawner.allow_root (uid/gid 0 allowed)"
+    )
     render.set_defaults(func=_render)
     return parser
 

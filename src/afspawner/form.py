@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from html import escape
 
+from afcore.quantity import human_cpu, human_memory
 from afspawner.facility import Facility, Flavor
-from afspawner.policy import UserContext, offered_flavors
-from afspawner.quantity import human_cpu, human_memory
+from afspawner.policy import OPTION_KEYS, UserContext, offered_flavors
 
 
 def _gpu_line(fac: Facility, flavor: Flavor, free: Callable[[str], int | None]) -> str:
@@ -59,11 +59,11 @@ def options_form(fac: Facility, user: UserContext, free: Callable[[str], int | N
 def options_from_form(formdata: Mapping[str, list[str]]) -> dict[str, str]:
     """Only the keys the form can send; values are validated later by policy.parse_options."""
     out = {}
-    for key in ("flavor", "vo", "gpus"):
+    for key in OPTION_KEYS:
         values = formdata.get(key) or []
         if values and values[0] != "":
             out[key] = values[0]
-    extra = sorted(k for k in formdata if k not in ("flavor", "vo", "gpus", "_xsrf"))
+    extra = sorted(k for k in formdata if k not in OPTION_KEYS and k != "_xsrf")
     for key in extra:  # keep unknown keys so that policy refuses them with a clear message
         values = formdata.get(key) or [""]
         out[key] = values[0]

@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from afcore.quantity import format_cpu, format_memory
+from afcore.registry import PluginError
 from afspawner.names import home_claim_name, label_value, pod_name
-from afspawner.plan import LaunchPlan
-from afspawner.quantity import format_cpu, format_memory
+from afspawner.plan import GPURequest, LaunchPlan
 from afspawner.quota import Reservation, Usage, plan_usage
-from afspawner.registry import PluginError
 from afspawner.volumes import RenderContext, VolumeType, volume_types
 
 LABEL_PREFIX = "af.jupyterhub.org"
@@ -40,7 +40,6 @@ class PodSettings:
     args: Sequence[str] = ()
     hub_env: Mapping[str, str] = field(default_factory=dict)  # secret: goes to the Secret
     image_pull_policy: str = "IfNotPresent"
-    allow_root: bool = False
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -120,7 +119,12 @@ def reservation_from_pod(pod: Mapping[str, Any]) -> Reservation | None:
         return None
 
 
-def _security_context(plan: LaunchPlan, allow_root: bool) -> dict[str, Any]:
+def server_namespace(plan: LaunchPlan, default: str) -> str:
+    """The plan's VO namespace, else the backend's ``default``."""
+    return plan.namespace or default
+
+
+def _security_context(plan: LaunchPlan) -> dict[str, Any]:
     ident = plan.identity
     ctx: dict[str, Any] = {
         "runAsUser": ident.uid,
@@ -130,7 +134,7 @@ def _security_context(plan: LaunchPlan, allow_root: bool) -> dict[str, Any]:
     }
     if ident.supplemental_gids:
         ctx["supplementalGroups"] = list(ident.supplemental_gids)
-    if not allow_root:
+    if not plan.allow_root:
         ctx["runAsNonRoot"] = True
     return ctx
 
@@ -142,6 +146,78 @@ def _volume_type(name: str) -> type[VolumeType]:
         raise ValueError(str(exc)) from exc
 
 
+def _labels(plan: LaunchPlan, settings: PodSettings) -> dict[str, str]:
+    labels = {
+        **settings.extra_labels,
+        **selector_labels(plan.username),
+        f"{LABEL_PREFIX}/flavor": plan.flavor,
+        f"{LABEL_PREFIX}/server": label_value(plan.server_name) or "default",
+    }
+    if plan.vo:
+        labels[f"{LABEL_PREFIX}/vo"] = plan.vo
+    if plan.gpu:
+        labels[f"{LABEL_PREFIX}/gpu-class"] = label_value(plan.gpu.gpu_class)
+    return labels
+
+
+def _container(
+    plan: LaunchPlan, settings: PodSettings, secret_name: str, mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The notebook container: ``plan.env`` in the spec, the hub's secrets via ``envFrom``."""
+    return {
+        "name": CONTAINER,
+        "image": plan.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(settings.cmd),
+        "args": list(settings.args),
+        "ports": [{"name": "notebook", "containerPort": settings.port}],
+        "env": [{"name": k, "value": v} for k, v in sorted(plan.env.items())],
+        "envFrom": [{"secretRef": {"name": secret_name}}],
+        "resources": _resources(plan),
+        "volumeMounts": mounts,
+    }
+
+
+def _placement(gpu: GPURequest | None) -> dict[str, Any]:
+    """nodeSelector and tolerations of the GPU class (nothing for CPU servers)."""
+    if gpu is None:
+        return {}
+    out: dict[str, Any] = {}
+    if gpu.selector:
+        out["nodeSelector"] = dict(gpu.selector)
+    if gpu.tolerations:
+        out["tolerations"] = [
+            {
+                k: v
+                for k, v in {
+                    "key": t.key,
+                    "operator": t.operator,
+                    "value": t.value,
+                    "effect": t.effect,
+                }.items()
+                if v is not None
+            }
+            for t in gpu.tolerations
+        ]
+    return out
+
+
+def _mount_token(spec: dict[str, Any], container: dict[str, Any], secret_name: str) -> None:
+    """Mount the token Secret read-only and name the file in ``$BEARER_TOKEN_FILE``."""
+    spec["volumes"].append(
+        {
+            "name": "af-token",
+            "secret": {
+                "secretName": secret_name,
+                "defaultMode": 0o440,
+                "items": [{"key": TOKEN_KEY, "path": TOKEN_KEY}],
+            },
+        }
+    )
+    container["volumeMounts"].append({"name": "af-token", "mountPath": TOKEN_DIR, "readOnly": True})
+    container["env"].append({"name": "BEARER_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"})
+
+
 def make_objects(
     plan: LaunchPlan, settings: PodSettings, bearer_token: str | None = None
 ) -> Objects:
@@ -151,89 +227,29 @@ def make_objects(
     discovery), a read-only file from its own Secret, never in the pod spec.
     """
     name = pod_name(plan.username, plan.server_name)
-    labels = {
-        **settings.extra_labels,
-        **plan.labels,
-        **selector_labels(plan.username),
-        f"{LABEL_PREFIX}/flavor": plan.flavor,
-        f"{LABEL_PREFIX}/server": label_value(plan.server_name) or "default",
+    labels = _labels(plan, settings)
+    ctx = RenderContext(settings.namespace, name, home_claim_name(plan.username))
+    rendered = [_volume_type(v.type).render(v, ctx) for v in plan.volumes]
+    container = _container(plan, settings, name, [r.mount for r in rendered])
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "restartPolicy": "OnFailure",
+        "securityContext": _security_context(plan),
+        "containers": [container],
+        "volumes": [r.volume for r in rendered],
+        **_placement(plan.gpu),
     }
-    if plan.vo:
-        labels[f"{LABEL_PREFIX}/vo"] = plan.vo
-    if plan.gpu:
-        labels[f"{LABEL_PREFIX}/gpu-class"] = label_value(plan.gpu.gpu_class)
+    token = None
+    if bearer_token is not None:
+        token = token_secret(token_secret_name(name), settings.namespace, labels, bearer_token)
+        _mount_token(spec, container, token_secret_name(name))
+    meta = {"name": name, "namespace": settings.namespace, "labels": labels}
     annotations = {
         USERNAME_ANNOTATION: plan.username,
         SERVER_ANNOTATION: plan.server_name,
         RESERVATION_ANNOTATION: reservation_annotation(plan),
     }
-    ctx = RenderContext(settings.namespace, name, home_claim_name(plan.username))
-    rendered = [_volume_type(v.type).render(v, ctx) for v in plan.volumes]
-    ident = plan.identity
-    env = {
-        **plan.env,
-        "NB_USER": ident.username,
-        "NB_UID": str(ident.uid),
-        "NB_GID": str(ident.gid),
-        "AF_FLAVOR": plan.flavor,
-        **({"AF_VO": plan.vo} if plan.vo else {}),
-    }
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": plan.image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": list(settings.cmd),
-        "args": list(settings.args),
-        "ports": [{"name": "notebook", "containerPort": settings.port}],
-        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
-        "envFrom": [{"secretRef": {"name": name}}],
-        "resources": _resources(plan),
-        "volumeMounts": [r.mount for r in rendered],
-    }
-    spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "restartPolicy": "OnFailure",
-        "securityContext": _security_context(plan, settings.allow_root),
-        "containers": [container],
-        "volumes": [r.volume for r in rendered],
-    }
-    if plan.gpu is not None:
-        if plan.gpu.selector:
-            spec["nodeSelector"] = dict(plan.gpu.selector)
-        if plan.gpu.tolerations:
-            spec["tolerations"] = [
-                {
-                    k: v
-                    for k, v in {
-                        "key": t.key,
-                        "operator": t.operator,
-                        "value": t.value,
-                        "effect": t.effect,
-                    }.items()
-                    if v is not None
-                }
-                for t in plan.gpu.tolerations
-            ]
-    token = None
-    if bearer_token is not None:
-        token_name = token_secret_name(name)
-        token = token_secret(token_name, settings.namespace, labels, bearer_token)
-        spec["volumes"].append(
-            {
-                "name": "af-token",
-                "secret": {
-                    "secretName": token_name,
-                    "defaultMode": 0o440,
-                    "items": [{"key": TOKEN_KEY, "path": TOKEN_KEY}],
-                },
-            }
-        )
-        container["volumeMounts"].append(
-            {"name": "af-token", "mountPath": TOKEN_DIR, "readOnly": True}
-        )
-        container["env"].append({"name": "BEARER_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"})
-    meta = {"name": name, "namespace": settings.namespace, "labels": labels}
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -34,6 +34,11 @@ class GPURequest:
     count: int
     selector: Mapping[str, str] = field(default_factory=_empty)
     tolerations: tuple[Toleration, ...] = ()
+    display: str = ""  # the class's name for people ("NVIDIA T4")
+
+    @property
+    def label(self) -> str:
+        return self.display or self.gpu_class
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,14 @@ class VolumeMount:
 
 @dataclass(frozen=True)
 class LaunchPlan:
+    """What to run, decided by policy; backends add only their own mechanics.
+
+    ``env`` is the server's complete environment from policy (flavor variables, the identity
+    as ``NB_*``, ``AF_FLAVOR``/``AF_VO``); every backend passes it unchanged and it wins over
+    the hub's own ``JUPYTERHUB_*`` variables. ``namespace`` is the VO's own namespace
+    (``None``: the backend's default). ``allow_root`` says the site allows uid/gid 0.
+    """
+
     username: str
     server_name: str  # "" for the default server
     vo: str | None
@@ -62,4 +75,5 @@ class LaunchPlan:
     gpu: GPURequest | None = None
     volumes: tuple[VolumeMount, ...] = ()
     env: Mapping[str, str] = field(default_factory=_empty)
-    labels: Mapping[str, str] = field(default_factory=_empty)
+    namespace: str | None = None
+    allow_root: bool = False

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from afspawner.facility import Facility, Flavor
 from afspawner.plan import GPURequest, LaunchPlan, UserIdentity, VolumeMount
@@ -50,7 +51,6 @@ class PolicySettings:
     """Site-wide knobs of the policy (set by AFSpawner traits)."""
 
     allow_root: bool = False
-    extra_labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def _first(value: object) -> object:
@@ -157,7 +157,7 @@ def _gpu(fac: Facility, flavor: Flavor, vo: str | None, asked: int | None) -> GP
     gclass = fac.gpu_classes[flavor.gpu.gpu_class]
     count = asked if asked is not None else flavor.gpu.count
     caps = [c for c in (gclass.max_per_user,) if c is not None]
-    if vo is not None and gclass.name in fac.vos[vo].per_user.gpus:
+    if vo is not None and vo in fac.vos and gclass.name in fac.vos[vo].per_user.gpus:
         caps.append(fac.vos[vo].per_user.gpus[gclass.name])
     if caps and count > min(caps):
         raise Refusal(f"at most {min(caps)} {gclass.display} GPU(s) per server; you asked {count}")
@@ -167,6 +167,35 @@ def _gpu(fac: Facility, flavor: Flavor, vo: str | None, asked: int | None) -> GP
         count=count,
         selector=gclass.selector,
         tolerations=gclass.tolerations,
+        display=gclass.display,
+    )
+
+
+def server_env(flavor: Flavor, identity: UserIdentity, vo: str | None) -> dict[str, str]:
+    """The server's environment: the flavor's variables, then the identity and AF_* facts."""
+    return {
+        **flavor.env,
+        "NB_USER": identity.username,
+        "NB_UID": str(identity.uid),
+        "NB_GID": str(identity.gid),
+        "AF_FLAVOR": flavor.name,
+        **({"AF_VO": vo} if vo else {}),
+    }
+
+
+def _volumes(fac: Facility, flavor: Flavor, values: Mapping[str, str]) -> tuple[VolumeMount, ...]:
+    return tuple(
+        VolumeMount(
+            name=v.name,
+            type=v.type,
+            mount=render_template(v.mount, values),
+            read_only=v.read_only,
+            options={
+                k: render_template(o, values) if k == "sub_path" and isinstance(o, str) else o
+                for k, o in v.options.items()
+            },
+        )
+        for v in (fac.volumes[name] for name in flavor.volumes)
     )
 
 
@@ -192,19 +221,6 @@ def resolve(
         "gid": str(identity.gid),
         "server_name": server_name,
     }
-    volumes = tuple(
-        VolumeMount(
-            name=v.name,
-            type=v.type,
-            mount=render_template(v.mount, values),
-            read_only=v.read_only,
-            options={
-                k: render_template(o, values) if k == "sub_path" and isinstance(o, str) else o
-                for k, o in v.options.items()
-            },
-        )
-        for v in (fac.volumes[name] for name in flavor.volumes)
-    )
     return LaunchPlan(
         username=user.name,
         server_name=server_name,
@@ -217,7 +233,8 @@ def resolve(
         memory_limit_bytes=flavor.memory_limit_bytes,
         identity=identity,
         gpu=gpu,
-        volumes=volumes,
-        env=flavor.env,
-        labels=dict(settings.extra_labels),
+        volumes=_volumes(fac, flavor, values),
+        env=MappingProxyType(server_env(flavor, identity, vo)),
+        namespace=fac.vos[vo].namespace if vo is not None and vo in fac.vos else None,
+        allow_root=settings.allow_root,
     )

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from afcore.quantity import human_cpu, human_memory
 from afspawner.facility import Facility, Resources
 from afspawner.plan import LaunchPlan
 from afspawner.policy import Refusal
-from afspawner.quantity import human_cpu, human_memory
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,21 @@
-"""Per-hub-process shared state: facility, backend, quota ledger and GPU queue.
+"""Per-hub-process shared state: facility, backend, quota ledger and GPU admission.
 
 Every AFSpawner with the same configuration shares one Runtime, so admission decisions see
-all servers of the hub. The ledger is rebuilt from the backend once, at first use.
+all servers of the hub. The ledger is rebuilt from the backend once, at first use; the GPU
+admission is woken by the backend whenever its capacity report may have changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from afspawner.admission import GPUAdmission
 from afspawner.backends import Backend
 from afspawner.facility import Facility
-from afspawner.gpuqueue import GPUQueue
 from afspawner.loader import load_facility_file
 from afspawner.plan import UserIdentity
 from afspawner.quota import Ledger
@@ -27,12 +29,13 @@ class Runtime:
     static_ids: dict[str, UserIdentity]
     pool: PoolSettings | None
     ledger: Ledger = field(default_factory=Ledger)
-    queue: GPUQueue = field(init=False)
+    admission: GPUAdmission = field(init=False)
     restored: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
-        self.queue = GPUQueue(self.backend.gpu_free)
+        self.admission = GPUAdmission(self.backend.gpu_free)
+        self.backend.watch_capacity(self.admission.wake)
 
     async def ensure_restored(self) -> None:
         """Rebuild the ledger from what the backend runs (once per process)."""
@@ -54,7 +57,7 @@ def get_runtime(key: tuple[Any, ...]) -> Runtime | None:
 def create_runtime(
     key: tuple[Any, ...],
     facility_file: str,
-    make_backend: Any,
+    make_backend: Callable[[Facility], Backend],
     uid_map_file: str | None,
     pool: PoolSettings | None,
 ) -> Runtime:

@@ -11,26 +11,33 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import Spawner
 from tornado import web
-from traitlets import Bool, Dict, Enum, Float, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
 
-from afspawner.backends import Backend, LaunchFailed, backends
-from afspawner.backends.base import LaunchRequest
+from afspawner import pipeline
+from afspawner.admission import WaitSettings
+from afspawner.backends import Backend, LaunchFailed, LaunchRequest, Started, backends
 from afspawner.facility import Facility
 from afspawner.form import options_form, options_from_form
-from afspawner.policy import PolicySettings, Refusal, UserContext, parse_options, resolve
+from afspawner.plan import LaunchPlan
+from afspawner.policy import PolicySettings, Refusal, UserContext, parse_options
 from afspawner.runtime import Runtime, create_runtime, get_runtime
 from afspawner.uid import PoolSettings, resolve_identity
-
-PROGRESS_DONE = object()
 
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _http_error(exc: LaunchFailed | Refusal) -> web.HTTPError:
+    if isinstance(exc, Refusal):
+        return web.HTTPError(exc.status, "%s", exc.message)
+    return web.HTTPError(500, "%s", f"your server could not start: {exc.message}")
 
 
 class AFSpawner(Spawner):  # type: ignore[misc]
@@ -64,7 +71,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
     uid_pool_range = List(
         default_value=[60000, 64999], config=True, help="First and last uid of the account pool."
     )
-    uid_pool_gid = Float(60000, config=True, help="gid of pool accounts.")
+    uid_pool_gid = Integer(60000, config=True, help="gid of pool accounts.")
     allow_root = Bool(False, config=True, help="Allow servers to run as uid/gid 0.")
     gpu_wait = Enum(
         ["refuse", "queue"],
@@ -73,11 +80,11 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         help="When no GPU of the class is free: refuse at once, or wait in a FIFO.",
     )
     gpu_queue_timeout = Float(900, config=True, help="Seconds a spawn may wait for a GPU.")
-    bearer_token_file = Bool(
+    pass_bearer_token = Bool(
         True,
         config=True,
-        help="Give servers the user's OIDC access token (auth_state) as $BEARER_TOKEN_FILE "
-        "and rewrite it whenever the hub refreshes the token.",
+        help="Give servers the user's OIDC access token (auth_state) in a file named by "
+        "$BEARER_TOKEN_FILE and rewrite it whenever the hub refreshes the token.",
     )
 
     @default("port")
@@ -96,7 +103,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
 
     def _make_backend(self, facility: Facility) -> Backend:
         cls = backends().load(self.backend)
-        return cls.create(facility, dict(self.backend_options), self)
+        return cls.create(facility, dict(self.backend_options))
 
     @property
     def runtime(self) -> Runtime:
@@ -108,7 +115,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
             pool = None
             if self.uid_pool_file:
                 first, last = (int(x) for x in self.uid_pool_range)
-                pool = PoolSettings(Path(self.uid_pool_file), first, last, int(self.uid_pool_gid))
+                pool = PoolSettings(Path(self.uid_pool_file), first, last, self.uid_pool_gid)
             rt = create_runtime(
                 key, self.facility_file, self._make_backend, self.uid_map_file, pool
             )
@@ -129,10 +136,14 @@ class AFSpawner(Spawner):  # type: ignore[misc]
 
     async def user_context(self) -> tuple[UserContext, Mapping[str, Any]]:
         auth_state = await self._auth_state()
-        groups = frozenset(g.name for g in self.user.groups)
-        vos: list[str] = [v for v in auth_state.get("vos") or [] if isinstance(v, str)]
-        vos += [g for g in sorted(groups) if g in self.runtime.facility.vos and g not in vos]
-        return UserContext(self.user.name, groups, tuple(vos), bool(self.user.admin)), auth_state
+        user = pipeline.user_context(
+            self.runtime.facility,
+            self.user.name,
+            (g.name for g in self.user.groups),
+            auth_state.get("vos") or (),
+            bool(self.user.admin),
+        )
+        return user, auth_state
 
     # -- form --------------------------------------------------------------------------------
     @default("options_form")
@@ -140,7 +151,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         async def form(spawner: AFSpawner) -> str:
             user, _ = await spawner.user_context()
             rt = spawner.runtime
-            return options_form(rt.facility, user, rt.queue.available)
+            return options_form(rt.facility, user, rt.admission.available)
 
         return form
 
@@ -172,9 +183,28 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         await rt.backend.setup()
         await rt.ensure_restored()
         self._events = []
+        plan, auth_state = await self._plan(rt)
+        token = self._bearer_token(auth_state)
+        try:
+            started = await self._launch(rt, plan, token)
+        except BaseException as exc:
+            rt.ledger.release(self.user.name, self.name)
+            if isinstance(exc, LaunchFailed):
+                self._progress(f"Failed: {exc.message}")
+            if isinstance(exc, LaunchFailed | Refusal):
+                raise _http_error(exc) from None
+            raise
+        self._state = {**started.state, "vo": plan.vo, "flavor": plan.flavor}
+        if token is not None:
+            self._state["token_sha"] = _digest(token)
+        self._progress(f"Server running ({plan.flavor})")
+        return started.host, started.port
+
+    async def _plan(self, rt: Runtime) -> tuple[LaunchPlan, Mapping[str, Any]]:
+        """The pipeline, then the quota reservation; refusals become HTTP errors."""
         try:
             user, auth_state = await self.user_context()
-            options = parse_options(self.user_options)
+            parse_options(self.user_options)  # refuse forged options before the pool file
             identity = await asyncio.to_thread(
                 resolve_identity,
                 self.user.name,
@@ -183,94 +213,38 @@ class AFSpawner(Spawner):  # type: ignore[misc]
                 rt.static_ids,
                 rt.pool,
             )
-            plan = resolve(
-                rt.facility,
-                user,
-                options,
-                identity,
-                self.name,
-                PolicySettings(allow_root=self.allow_root),
+            settings = PolicySettings(allow_root=self.allow_root)
+            plan = pipeline.plan_spawn(
+                rt.facility, settings, user, identity, self.user_options, self.name
             )
             rt.ledger.admit(rt.facility, plan)
         except Refusal as exc:
             self.log.warning("spawn %s refused: %s", self._log_name, exc.message)
-            raise web.HTTPError(exc.status, "%s", exc.message) from None
-        waiter = None
-        token = self._bearer_token(auth_state)
-        try:
-            if plan.gpu is not None:
-                waiter = await self._wait_for_gpu(rt, plan.gpu.gpu_class, plan.gpu.count)
-            request = LaunchRequest(
-                plan,
-                self.cmd or ["jupyterhub-singleuser"],
-                self.get_args(),
-                self.get_env(),
-                self.port,
-                float(self.start_timeout),
-                token,
-            )
-            started = await rt.backend.launch(request, self._progress)
-        except BaseException as exc:
-            rt.ledger.release(self.user.name, self.name)
-            if isinstance(exc, LaunchFailed):
-                self._progress(f"Failed: {exc.message}")
-                raise web.HTTPError(
-                    500, "%s", f"your server could not start: {exc.message}"
-                ) from None
-            if isinstance(exc, Refusal):
-                raise web.HTTPError(exc.status, "%s", exc.message) from None
-            raise
-        finally:
-            if waiter is not None and plan.gpu is not None:
-                rt.queue.done(plan.gpu.gpu_class, waiter)
-                rt.queue.leave(plan.gpu.gpu_class, waiter)
-        self._state = {**started.state, "vo": plan.vo, "flavor": plan.flavor}
-        if token is not None:
-            self._state["token_sha"] = _digest(token)
-        self._progress(f"Server running ({plan.flavor})")
-        return started.host, started.port
+            raise _http_error(exc) from None
+        return plan, auth_state
 
-    async def _wait_for_gpu(self, rt: Runtime, gpu_class: str, count: int) -> Any:
-        gclass = rt.facility.gpu_classes[gpu_class]
-        waiter = rt.queue.enqueue(gpu_class, count)
-        if waiter.ready.is_set():
-            return waiter
-        if self.gpu_wait == "refuse":
-            rt.queue.leave(gpu_class, waiter)
-            raise Refusal(
-                f"no {gclass.display} GPU is free right now; try again later or pick a "
-                "flavor without a GPU",
-                503,
-            )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.gpu_queue_timeout
-        try:
-            while not waiter.ready.is_set():
-                ahead = rt.queue.position(gpu_class, waiter)
-                self._progress(f"waiting for a {gclass.display}: {ahead} ahead of you")
-                waiter.moved.clear()
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise Refusal(
-                        f"no {gclass.display} GPU became free within "
-                        f"{self.gpu_queue_timeout:.0f}s; try again later",
-                        503,
-                    )
-                ready = asyncio.create_task(waiter.ready.wait())
-                moved = asyncio.create_task(waiter.moved.wait())
-                await asyncio.wait(
-                    {ready, moved}, timeout=min(left, 30), return_when=asyncio.FIRST_COMPLETED
-                )
-                ready.cancel()
-                moved.cancel()
-                rt.queue.recheck(gpu_class)
-        except BaseException:
-            if waiter.ready.is_set():
-                rt.queue.done(gpu_class, waiter)
-            rt.queue.leave(gpu_class, waiter)
-            raise
-        self._progress(f"a {gclass.display} is free; starting")
-        return waiter
+    def _request(self, plan: LaunchPlan, token: str | None) -> LaunchRequest:
+        return LaunchRequest(
+            plan,
+            self.cmd or ["jupyterhub-singleuser"],
+            self.get_args(),
+            self.get_env(),
+            self.port,
+            float(self.start_timeout),
+            token,
+        )
+
+    async def _launch(self, rt: Runtime, plan: LaunchPlan, token: str | None) -> Started:
+        """Launch, holding the plan's GPUs (if any) until the backend counts them itself."""
+        request = self._request(plan, token)
+        if plan.gpu is None:
+            return await rt.backend.launch(request, self._progress)
+        wait = WaitSettings(
+            "queue" if self.gpu_wait == "queue" else "refuse", float(self.gpu_queue_timeout)
+        )
+        async with rt.admission.gpus(plan.gpu, wait, self._progress) as grant:
+            request = replace(request, gpus_counted=grant.running)
+            return await rt.backend.launch(request, self._progress)
 
     async def poll(self) -> int | None:
         if not self._state:
@@ -284,7 +258,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         return status
 
     def _bearer_token(self, auth_state: Mapping[str, Any]) -> str | None:
-        token = auth_state.get("access_token") if self.bearer_token_file else None
+        token = auth_state.get("access_token") if self.pass_bearer_token else None
         return token if isinstance(token, str) and token else None
 
     async def _sync_token(self, rt: Runtime) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from afspawner import spawner as spawner_module
+from afspawner.admission import WaitSettings
 from afspawner.backends.kubernetes import KubernetesBackend, KubeSettings
 from afspawner.kube.reconcile import QUOTA_NAME
 from afspawner.loader import load_facility_file
@@ -119,8 +122,10 @@ async def test_no_free_gpu_is_refused_at_once_with_a_clear_message(
 
 
 async def test_gpu_queue_is_fifo_with_progress_and_proceeds_when_freed(
-    af_hub: Any, k8s_cluster: KubeCluster, pod_stub: PodStub
+    af_hub: Any, k8s_cluster: KubeCluster, pod_stub: PodStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # no safety timer: only informer events (the freed pod) may wake the queue
+    monkeypatch.setattr(spawner_module, "WaitSettings", partial(WaitSettings, safety_interval=3600))
     app = await _hub(af_hub, k8s_cluster, _gpu_facility(), gpu_wait="queue", gpu_queue_timeout=120)
     holders = await _fill_t4(app)
     for i, name in enumerate(("wait-1", "wait-2")):

@@ -95,3 +95,18 @@ def test_render_refusal_exits_2_with_the_reason() -> None:
         "render", str(EXAMPLE), "--user", "bob", "--groups", "cms", "--flavor", "nope"
     )
     assert code == 2 and "refused (400): unknown flavor 'nope'" in err
+
+
+def test_render_applies_allow_root_like_the_spawner() -> None:
+    import yaml
+
+    argv = ["render", str(EXAMPLE), "--user", "root", "--groups", "cms", "--flavor", "cms-el9"]
+    code, _, err = run(*argv, "--uid", "0", "--gid", "0")
+    assert code == 2 and "refused (403): refusing to run a server as uid/gid 0" in err
+    code, out, err = run(*argv, "--uid", "0", "--gid", "0", "--allow-root")
+    assert code == 0, err
+    pod = list(yaml.safe_load_all(out))[-1]
+    assert pod["spec"]["securityContext"]["runAsUser"] == 0
+    assert "runAsNonRoot" not in pod["spec"]["securityContext"]
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["AF_VO"] == "cms" and env["NB_UID"] == "0"

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
+from afspawner.admission import GPUAdmission, GrantState, WaitSettings
 from afspawner.form import options_form, options_from_form
-from afspawner.gpuqueue import GPUQueue
-from afspawner.plan import UserIdentity
+from afspawner.plan import GPURequest, UserIdentity
 from afspawner.policy import Refusal, UserContext
 from afspawner.uid import PoolSettings, from_auth_state, load_static_map, resolve_identity
 from unit.test_policy import FAC
@@ -17,34 +18,87 @@ from unit.test_policy import FAC
 
 async def test_fifo_admits_in_order_and_never_jumps() -> None:
     free = {"t4": 0}
-    queue = GPUQueue(lambda c: free[c])
+    queue = GPUAdmission(lambda c: free[c])
     first, second, third = (queue.enqueue("t4", n) for n in (2, 1, 1))
-    assert not first.ready.is_set() and queue.position("t4", third) == 2
+    assert not first.ready.is_set() and queue.position(third) == 2
     free["t4"] = 1  # one unit: the head needs 2, so nobody may pass it
-    queue.recheck("t4")
+    queue.wake("t4")
     assert not any(w.ready.is_set() for w in (first, second, third))
     free["t4"] = 3
-    queue.recheck("t4")
+    queue.wake("t4")
     assert first.ready.is_set() and second.ready.is_set() and not third.ready.is_set()
     assert queue.available("t4") == 0  # 3 free, 3 granted but not yet running
     free["t4"] = 1  # first's pod now runs: the backend counts its 2 units as used
-    queue.done("t4", first)
+    first.running()
     assert third.ready.is_set() is False  # second still holds its grant
-    queue.done("t4", second)
-    queue.recheck("t4")
+    queue.running(second)
+    queue.wake("t4")
     assert third.ready.is_set()
+    assert [g.state for g in (first, second, third)] == [
+        GrantState.RUNNING,
+        GrantState.RUNNING,
+        GrantState.GRANTED,
+    ]
 
 
 async def test_leaving_moves_the_others_up() -> None:
-    queue = GPUQueue(lambda c: 0)
+    queue = GPUAdmission(lambda c: 0)
     a, b = queue.enqueue("t4", 1), queue.enqueue("t4", 1)
-    queue.leave("t4", a)
-    assert b.moved.is_set() and queue.position("t4", b) == 0 and queue.waiting("t4") == 1
+    queue.release(a)
+    assert b.moved.is_set() and queue.position(b) == 0 and queue.waiting("t4") == 1
 
 
 async def test_unknown_capacity_does_not_block() -> None:
-    queue = GPUQueue(lambda c: None)
+    queue = GPUAdmission(lambda c: None)
     assert queue.enqueue("t4", 4).ready.is_set()
+
+
+T4 = GPURequest("t4", "nvidia.com/gpu", 1, display="NVIDIA T4")
+
+
+async def test_refuse_mode_refuses_at_once_and_leaves_nothing_behind() -> None:
+    queue = GPUAdmission(lambda c: 0)
+    with pytest.raises(Refusal, match="no NVIDIA T4 GPU is free right now") as err:
+        async with queue.gpus(T4, WaitSettings("refuse"), lambda m: None):
+            raise AssertionError("not granted")
+    assert err.value.status == 503 and queue.waiting("t4") == 0
+
+
+async def test_queue_reports_position_and_hands_over_when_woken() -> None:
+    free = {"t4": 0}
+    queue = GPUAdmission(lambda c: free[c])
+    events: list[str] = []
+    entered = asyncio.Event()
+
+    async def spawn(name: str) -> None:
+        async with queue.gpus(T4, WaitSettings("queue", 30), events.append) as grant:
+            entered.set()
+            assert grant.state is GrantState.GRANTED and queue.available("t4") == 0
+            free["t4"] = 0  # the backend now counts the pod
+            grant.running()
+        assert grant.state is GrantState.RUNNING  # exit keeps running units with the backend
+
+    task = asyncio.create_task(spawn("a"))
+    await asyncio.sleep(0)
+    assert events == ["waiting for a NVIDIA T4: 0 ahead of you"]
+    free["t4"] = 1
+    queue.wake()  # what the backend's informers do
+    await asyncio.wait_for(task, 5)
+    assert entered.is_set() and events[-1] == "a NVIDIA T4 is free; starting"
+
+
+async def test_failed_launch_gives_the_units_back_and_times_out_waiters() -> None:
+    queue = GPUAdmission(lambda c: 1)
+    with pytest.raises(RuntimeError):
+        async with queue.gpus(T4, WaitSettings("queue", 1), lambda m: None):
+            assert queue.available("t4") == 0
+            raise RuntimeError("launch failed")
+    assert queue.available("t4") == 1
+    async with queue.gpus(T4, WaitSettings("queue", 1), lambda m: None):
+        with pytest.raises(Refusal, match="became free within 0s"):
+            async with queue.gpus(T4, WaitSettings("queue", 0.2, 0.05), lambda m: None):
+                pass
+        assert queue.waiting("t4") == 0
 
 
 def test_identity_sources(tmp_path: Path) -> None:

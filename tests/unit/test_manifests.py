@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -255,11 +256,10 @@ def test_settings_are_applied(image_pull_policy: str) -> None:
         namespace="ns",
         port=9999,
         image_pull_policy=image_pull_policy,
-        allow_root=True,
         extra_labels={"site": "ucsd"},
         args=("--debug",),
     )
-    pod = make_objects(PLAN, settings).pod
+    pod = make_objects(replace(PLAN, allow_root=True), settings).pod
     c = pod["spec"]["containers"][0]
     assert c["imagePullPolicy"] == image_pull_policy and c["args"] == ["--debug"]
     assert c["ports"][0]["containerPort"] == 9999

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from afspawner.loader import load_facility
+from afspawner.pipeline import plan_spawn, user_context
 from afspawner.plan import UserIdentity
 from afspawner.policy import (
     PolicySettings,
@@ -58,6 +59,28 @@ def test_default_flavor_and_plan_contents() -> None:
     assert plan.identity == IDENT
     assert [v.name for v in plan.volumes] == ["cvmfs", "eos"]
     assert plan.gpu is None
+    assert not plan.allow_root and plan.namespace is None
+
+
+def test_plan_env_is_the_complete_server_environment() -> None:
+    plan = resolve(FAC, ALICE, SpawnOptions(), IDENT)
+    assert dict(plan.env) == {
+        "NB_USER": IDENT.username,
+        "NB_UID": str(IDENT.uid),
+        "NB_GID": str(IDENT.gid),
+        "AF_FLAVOR": "cms-el9",
+        "AF_VO": "cms",
+    }
+    assert "AF_VO" not in resolve(FAC, NOBODY, SpawnOptions("huge"), IDENT).env
+
+
+def test_one_pipeline_for_spawner_and_cli() -> None:
+    user = user_context(FAC, "carol", ["dune", "staff", "cms"], ["cms", 7, ""])
+    assert user.vos == ("cms", "dune") and user.groups == frozenset({"dune", "staff", "cms"})
+    plan = plan_spawn(FAC, PolicySettings(), user, IDENT, {"flavor": ["huge"], "vo": "dune"})
+    assert (plan.flavor, plan.vo) == ("huge", "dune")
+    with pytest.raises(Refusal, match="unknown server option"):
+        plan_spawn(FAC, PolicySettings(), user, IDENT, {"image": "evil"})
 
 
 def test_gpu_plan_carries_class_details() -> None:
@@ -95,7 +118,8 @@ def test_root_refused_unless_allowed() -> None:
     root = UserIdentity("alice", 0, 0)
     with pytest.raises(Refusal, match="uid/gid 0"):
         resolve(FAC, ALICE, SpawnOptions(), root)
-    assert resolve(FAC, ALICE, SpawnOptions(), root, settings=PolicySettings(allow_root=True))
+    allowed = resolve(FAC, ALICE, SpawnOptions(), root, settings=PolicySettings(allow_root=True))
+    assert allowed.allow_root
 
 
 def test_templated_paths_are_escaped() -> None:

@@ -16,6 +16,11 @@ from afspawner.plan import LaunchPlan
 from afspawner.quota import Reservation
 
 ProgressSink = Callable[[str], None]
+CapacityListener = Callable[[], None]
+
+
+def _nothing() -> None:
+    return None
 
 
 class LaunchFailed(Exception):
@@ -37,6 +42,14 @@ class Started:
 
 @dataclass(frozen=True)
 class LaunchRequest:
+    """The plan plus the hub's part: command, secret hub variables, port, timeout, token.
+
+    The server's environment is ``plan.env`` (complete, from policy) over ``hub_env``; a
+    backend adds only variables of its own mechanics (``BEARER_TOKEN_FILE``, ``HOME``).
+    ``gpus_counted`` is called once the backend's capacity report counts this server's GPUs
+    (Kubernetes: its pod is in the informer), so the GPU admission stops holding them.
+    """
+
     plan: LaunchPlan
     cmd: Sequence[str]
     args: Sequence[str]
@@ -44,6 +57,7 @@ class LaunchRequest:
     port: int
     timeout: float
     bearer_token: str | None = field(default=None, repr=False)  # WLCG token file contents
+    gpus_counted: Callable[[], None] = field(default=_nothing, repr=False, compare=False)
 
 
 class Backend(ABC):
@@ -51,11 +65,11 @@ class Backend(ABC):
 
     @classmethod
     @abstractmethod
-    def create(cls, facility: Facility, options: Mapping[str, Any], spawner: Any) -> Backend:
+    def create(cls, facility: Facility, options: Mapping[str, Any]) -> Backend:
         """Build the (process-wide) backend from ``c.AFSpawner.backend_options``.
 
-        ``spawner`` is the first AFSpawner, for reading its traits and log; do not keep it.
-        Raise ValueError naming the bad option on invalid configuration.
+        Everything else a server needs is on the plan (decided by policy). Raise ValueError
+        naming the bad option on invalid configuration.
         """
 
     async def setup(self) -> None:
@@ -82,6 +96,14 @@ class Backend(ABC):
         """Reservations of every server this backend runs (to rebuild quotas on restart)."""
         return []
 
+    # -- capacity reports (read by the GPU admission; no decisions here) ---------------------
     def gpu_free(self, gpu_class: str) -> int | None:
-        """Free units of a GPU class, or ``None`` if this backend cannot tell."""
+        """Free units of a GPU class, or ``None`` if this backend cannot tell.
+
+        Units of servers the backend already sees (pending or running) are not free.
+        """
+        return None
+
+    def watch_capacity(self, listener: CapacityListener) -> None:
+        """Call ``listener()`` whenever capacity may have changed (nodes or pods changed)."""
         return None

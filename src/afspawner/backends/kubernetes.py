@@ -6,15 +6,23 @@ import asyncio
 import datetime as dt
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from afspawner.backends.base import Backend, LaunchFailed, LaunchRequest, ProgressSink, Started
+from afspawner.backends.base import (
+    Backend,
+    CapacityListener,
+    LaunchFailed,
+    LaunchRequest,
+    ProgressSink,
+    Started,
+)
 from afspawner.capacity import gpu_capacity
 from afspawner.facility import Facility
 from afspawner.kube.client import KubeError, request, shared_api_client
-from afspawner.kube.informer import Informer, object_key, shared_informer
+from afspawner.kube.informer import Informer, shared_informer
+from afspawner.kube.lifetime import close_at_shutdown
 from afspawner.kube.reconcile import reconcile_vo_namespaces
 from afspawner.kube.status import exit_status, pod_failure, pod_ready
 from afspawner.manifests import (
@@ -22,6 +30,7 @@ from afspawner.manifests import (
     make_objects,
     reservation_from_pod,
     selector_labels,
+    server_namespace,
     token_secret,
     token_secret_name,
 )
@@ -35,7 +44,6 @@ class KubeSettings:
     namespace: str = "default"
     kubeconfig: str | None = None
     image_pull_policy: str = "IfNotPresent"
-    allow_root: bool = False
     unschedulable_grace: float = 20.0
     reconcile_quotas: bool = True
     watch_nodes: bool = True
@@ -57,7 +65,7 @@ _OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def settings_from_options(options: Mapping[str, Any], allow_root: bool) -> KubeSettings:
+def settings_from_options(options: Mapping[str, Any]) -> KubeSettings:
     """``c.AFSpawner.backend_options`` → KubeSettings; unknown or mistyped keys are errors."""
     for key, value in options.items():
         if key not in _OPTION_TYPES:
@@ -80,7 +88,6 @@ def settings_from_options(options: Mapping[str, Any], allow_root: bool) -> KubeS
         namespace=namespace,
         kubeconfig=options.get("kubeconfig"),
         image_pull_policy=options.get("image_pull_policy", "IfNotPresent"),
-        allow_root=allow_root,
         unschedulable_grace=float(options.get("unschedulable_grace", 20.0)),
         reconcile_quotas=options.get("reconcile_quotas", True),
         watch_nodes=options.get("watch_nodes", True),
@@ -90,28 +97,21 @@ def settings_from_options(options: Mapping[str, Any], allow_root: bool) -> KubeS
 
 class KubernetesBackend(Backend):
     @classmethod
-    def create(cls, facility: Facility, options: Mapping[str, Any], spawner: Any) -> Backend:
-        return cls(
-            facility, settings_from_options(options, bool(getattr(spawner, "allow_root", False)))
-        )
+    def create(cls, facility: Facility, options: Mapping[str, Any]) -> Backend:
+        return cls(facility, settings_from_options(options))
 
     def __init__(self, facility: Facility, settings: KubeSettings) -> None:
         self.facility = facility
         self.settings = settings
         self._setup_lock = asyncio.Lock()
         self._ready = False
-        self._inflight: dict[str, tuple[str, int]] = {}  # pod key → (gpu class, units)
+        self._capacity_listeners: list[CapacityListener] = []
         self.pods: Informer
         self.events: Informer
         self.nodes: Informer | None = None
 
     def _all_namespaces(self) -> bool:
         return any(vo.namespace for vo in self.facility.vos.values())
-
-    def namespace_for(self, vo: str | None) -> str:
-        if vo is not None and vo in self.facility.vos:
-            return self.facility.vos[vo].namespace or self.settings.namespace
-        return self.settings.namespace
 
     async def setup(self) -> None:
         """Connect, start the shared informers and reconcile VO namespaces (once)."""
@@ -132,48 +132,70 @@ class KubernetesBackend(Backend):
             if self.settings.watch_nodes:
                 self.nodes = shared_informer(api, "/api/v1/nodes")
                 waits.append(self.nodes.wait_synced())
+            for informer in (self.pods, self.nodes):
+                if informer is not None:
+                    informer.add_listener(self._capacity_changed)
+            close_at_shutdown()
             await asyncio.wait_for(asyncio.gather(*waits), 60)
             self.api = api
             self._ready = True
+            self._capacity_changed("SYNC", {})
 
-    # -- capacity ---------------------------------------------------------------------------
+    # -- capacity reports -------------------------------------------------------------------
     def gpu_free(self, gpu_class: str) -> int | None:
+        """Units of the class not used or requested by any server pod the informer sees."""
         gclass = self.facility.gpu_classes.get(gpu_class)
         if gclass is None or self.nodes is None or not self._ready:
             return None
-        pods = self.pods.values()
-        seen = {object_key(p) for p in pods}
-        for key in [k for k in self._inflight if k in seen]:
-            del self._inflight[key]  # the informer sees it now: counted as used/pending
-        cap = gpu_capacity(gclass, self.nodes.values(), pods)
-        inflight = sum(n for c, n in self._inflight.values() if c == gpu_class)
-        return max(cap.total - cap.used - cap.pending - inflight, 0)
+        cap = gpu_capacity(gclass, self.nodes.values(), self.pods.values())
+        return max(cap.total - cap.used - cap.pending, 0)
 
-    def note_granted(self, namespace: str, pod: str, gpu_class: str, units: int) -> None:
-        """Count units handed out by the GPU queue until the pod shows up in the informer."""
-        self._inflight[f"{namespace}/{pod}"] = (gpu_class, units)
+    def watch_capacity(self, listener: CapacityListener) -> None:
+        self._capacity_listeners.append(listener)
+
+    def _capacity_changed(self, kind: str, obj: dict[str, Any]) -> None:
+        for listener in list(self._capacity_listeners):
+            listener()
 
     # -- lifecycle --------------------------------------------------------------------------
-    async def launch(self, req: LaunchRequest, progress: ProgressSink) -> Started:
-        await self.setup()
-        ns = self.namespace_for(req.plan.vo)
-        settings = PodSettings(
-            namespace=ns,
+    def _pod_settings(self, req: LaunchRequest) -> PodSettings:
+        return PodSettings(
+            namespace=server_namespace(req.plan, self.settings.namespace),
             port=req.port,
             cmd=tuple(req.cmd),
             args=tuple(req.args),
             hub_env=dict(req.hub_env),
             image_pull_policy=self.settings.image_pull_policy,
-            allow_root=self.settings.allow_root,
             extra_labels=self.settings.extra_labels,
         )
+
+    async def launch(self, req: LaunchRequest, progress: ProgressSink) -> Started:
+        await self.setup()
+        settings = self._pod_settings(req)
         objs = make_objects(req.plan, settings, req.bearer_token)
-        name = objs.pod["metadata"]["name"]
+        ns, name = settings.namespace, objs.pod["metadata"]["name"]
         state = {"namespace": ns, "pod": name}
         key = f"{ns}/{name}"
         if key in self.pods.store:
             progress(f"Removing a previous server pod {name}")
             await self.stop(state, now=True)
+        unsubscribe = self._follow(ns, name, progress, req.gpus_counted)
+        try:
+            secrets = [objs.secret] + ([objs.token_secret] if objs.token_secret else [])
+            await self._create(objs.claims, secrets, objs.pod)
+            progress(f"Server pod {ns}/{name} created; waiting for Kubernetes to start it")
+            pod = await self._wait_ready(key, req.timeout)
+        except BaseException:
+            await self.stop(state, now=True)
+            raise
+        finally:
+            unsubscribe()
+        return Started(pod["status"]["podIP"], req.port, state)
+
+    def _follow(
+        self, ns: str, name: str, progress: ProgressSink, counted: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Stream the pod's events to ``progress``; call ``counted`` once the informer has it."""
         seen_events: set[str] = set()
 
         def on_event(kind: str, ev: dict[str, Any]) -> None:
@@ -183,21 +205,18 @@ class KubernetesBackend(Backend):
                 seen_events.add(uid)
                 progress(f"{ev.get('reason', '')}: {ev.get('message', '')}".strip(": "))
 
-        unsubscribe = self.events.add_listener(on_event)
-        try:
-            secrets = [objs.secret] + ([objs.token_secret] if objs.token_secret else [])
-            await self._create(objs.claims, secrets, objs.pod)
-            if req.plan.gpu is not None:
-                self.note_granted(ns, name, req.plan.gpu.gpu_class, req.plan.gpu.count)
-            progress(f"Server pod {ns}/{name} created; waiting for Kubernetes to start it")
-            pod = await self._wait_ready(key, req.timeout)
-        except BaseException:
-            self._inflight.pop(key, None)
-            await self.stop(state, now=True)
-            raise
-        finally:
-            unsubscribe()
-        return Started(pod["status"]["podIP"], req.port, state)
+        def on_pod(kind: str, pod: dict[str, Any]) -> None:
+            meta = pod.get("metadata") or {}
+            if kind != "DELETED" and meta.get("name") == name and meta.get("namespace") == ns:
+                counted()  # gpu_free counts it from now on (pending or bound)
+
+        stops = (self.events.add_listener(on_event), self.pods.add_listener(on_pod))
+
+        def unsubscribe() -> None:
+            for stop in stops:
+                stop()
+
+        return unsubscribe
 
     async def _put_secret(self, secret: dict[str, Any]) -> None:
         """Create the Secret, or replace one left by an earlier server of the same name."""

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from afspawner.backends.base import Backend, LaunchFailed, LaunchRequest, ProgressSink, Started
 from afspawner.facility import Facility
+from afspawner.plan import LaunchPlan, UserIdentity
 
 _OPTIONS = {"root_dir", "run_as_hub_user", "ip"}
 
@@ -60,9 +61,29 @@ def _rewrite_token(path: Path, token: str) -> None:
     _write_token(path, token, (st.st_uid, st.st_gid) if os.geteuid() == 0 else None)
 
 
+async def _spawn(
+    cmd: list[str], env: dict[str, str], cwd: Path, ident: UserIdentity | None
+) -> asyncio.subprocess.Process:
+    """Start ``cmd`` in its own session, as ``ident`` when given (the hub runs as root)."""
+
+    def demote() -> None:  # runs in the child, before exec
+        os.setsid()
+        if ident is not None:
+            os.setgroups(list(ident.supplemental_gids))
+            os.setgid(ident.gid)
+            os.setuid(ident.uid)
+
+    try:
+        return await asyncio.create_subprocess_exec(
+            *cmd, env=env, cwd=cwd, preexec_fn=demote, stdin=asyncio.subprocess.DEVNULL
+        )
+    except OSError as exc:
+        raise LaunchFailed(f"cannot run {cmd[0]}: {exc.strerror or exc}") from exc
+
+
 class LocalBackend(Backend):
     @classmethod
-    def create(cls, facility: Facility, options: Mapping[str, Any], spawner: Any) -> Backend:
+    def create(cls, facility: Facility, options: Mapping[str, Any]) -> Backend:
         unknown = sorted(set(options) - _OPTIONS)
         if unknown:
             raise ValueError(
@@ -82,69 +103,61 @@ class LocalBackend(Backend):
         self.settings = settings
         self._procs: dict[int, asyncio.subprocess.Process] = {}
 
-    async def launch(self, req: LaunchRequest, progress: ProgressSink) -> Started:
-        plan = req.plan
+    def _check(self, plan: LaunchPlan) -> bool:
+        """Refuse what this backend cannot do; ``True`` when it runs as root (can switch uid)."""
         if plan.gpu is not None:
             raise LaunchFailed("the local backend has no GPUs; pick a flavor without a GPU")
         if plan.volumes:
             names = ", ".join(v.name for v in plan.volumes)
             raise LaunchFailed(f"the local backend cannot mount volumes ({names})")
-        ident = plan.identity
+        uid = plan.identity.uid
         as_root = os.geteuid() == 0
-        if not as_root and ident.uid != os.getuid() and not self.settings.run_as_hub_user:
+        if not as_root and uid != os.getuid() and not self.settings.run_as_hub_user:
             raise LaunchFailed(
-                f"the hub runs as uid {os.getuid()} and cannot start a server as uid {ident.uid}; "
+                f"the hub runs as uid {os.getuid()} and cannot start a server as uid {uid}; "
                 "run the hub as root or set backend_options.run_as_hub_user (demo only)"
             )
+        return as_root
+
+    def _env(self, req: LaunchRequest, workdir: Path, port: int) -> dict[str, str]:
+        """The process environment: basics, the hub's variables, then the plan's ``env``."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOME": str(workdir),
+            "USER": req.plan.identity.username,
+            **req.hub_env,
+            **req.plan.env,
+        }
+        if "JUPYTERHUB_SERVICE_URL" in env:
+            env["JUPYTERHUB_SERVICE_URL"] = _with_port(
+                env["JUPYTERHUB_SERVICE_URL"], self.settings.ip, port
+            )
+        return env
+
+    def _command(self, req: LaunchRequest, port: int) -> list[str]:
+        cmd = [*req.cmd, *req.args, f"--ip={self.settings.ip}", f"--port={port}"]
+        if cmd[0] == "jupyterhub-singleuser":
+            cmd[0] = str(Path(sys.executable).parent / "jupyterhub-singleuser")
+        return cmd
+
+    async def launch(self, req: LaunchRequest, progress: ProgressSink) -> Started:
+        plan, ident = req.plan, req.plan.identity
+        as_root = self._check(plan)
         workdir = self.settings.root_dir / plan.username
         workdir.mkdir(parents=True, exist_ok=True)
         if as_root:
             os.chown(workdir, ident.uid, ident.gid)
         port = _free_port(self.settings.ip)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "HOME": str(workdir),
-            "USER": ident.username,
-            **plan.env,
-            **req.hub_env,
-            "NB_USER": ident.username,
-            "NB_UID": str(ident.uid),
-            "NB_GID": str(ident.gid),
-            "AF_FLAVOR": plan.flavor,
-        }
+        env = self._env(req, workdir, port)
         state: dict[str, Any] = {}
         if req.bearer_token is not None:
             token_file = workdir / ".af-bearer-token"
             _write_token(token_file, req.bearer_token, (ident.uid, ident.gid) if as_root else None)
-            env["BEARER_TOKEN_FILE"] = str(token_file)
-            state["token_file"] = str(token_file)
-        if "JUPYTERHUB_SERVICE_URL" in env:
-            env["JUPYTERHUB_SERVICE_URL"] = _with_port(
-                env["JUPYTERHUB_SERVICE_URL"], self.settings.ip, port
-            )
-        cmd = [*req.cmd, *req.args, f"--ip={self.settings.ip}", f"--port={port}"]
-        if cmd[0] == "jupyterhub-singleuser":
-            cmd[0] = str(Path(sys.executable).parent / "jupyterhub-singleuser")
-
-        def demote() -> None:  # runs in the child, before exec
-            os.setsid()
-            if as_root and not self.settings.run_as_hub_user:
-                os.setgroups(list(ident.supplemental_gids))
-                os.setgid(ident.gid)
-                os.setuid(ident.uid)
-
+            env["BEARER_TOKEN_FILE"] = state["token_file"] = str(token_file)
+        switch = as_root and not self.settings.run_as_hub_user
         progress(f"Starting {plan.flavor} as uid {ident.uid} on port {port}")
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd,
-                env=env,
-                cwd=workdir,
-                preexec_fn=demote,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-        except OSError as exc:
-            raise LaunchFailed(f"cannot run {cmd[0]}: {exc.strerror or exc}") from exc
+        proc = await _spawn(self._command(req, port), env, workdir, ident if switch else None)
         self._procs[proc.pid] = proc
         return Started(self.settings.ip, port, {"pid": proc.pid, **state})
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from afcore.quantity import format_cpu, format_memory
 from afspawner.facility import VO, Facility
 from afspawner.kube.client import KubeError, request
-from afspawner.quantity import format_cpu, format_memory
 
 QUOTA_NAME = "af-vo-quota"
 

@@ -1,0 +1,26 @@
+"""Local backend: the server environment is the plan's, exactly as on Kubernetes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from afspawner.backends.base import LaunchRequest
+from afspawner.backends.local import LocalBackend, LocalSettings
+from afspawner.manifests import PodSettings, make_objects
+from afspawner.policy import SpawnOptions, resolve
+from unit.test_policy import ALICE, FAC, IDENT
+
+
+def test_local_and_kubernetes_servers_get_the_same_environment(tmp_path: Path) -> None:
+    plan = resolve(FAC, ALICE, SpawnOptions(), IDENT)
+    hub_env = {"JUPYTERHUB_API_TOKEN": "t", "JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:0/u/"}
+    req = LaunchRequest(plan, ["jupyterhub-singleuser"], [], hub_env, 8888, 30)
+    backend = LocalBackend(LocalSettings(tmp_path, run_as_hub_user=True, ip="127.0.0.2"))
+    env = backend._env(req, tmp_path / "alice", 9999)
+    pod = make_objects(plan, PodSettings(namespace="ns")).pod
+    pod_env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert pod_env == dict(plan.env)
+    assert {k: env[k] for k in pod_env} == pod_env
+    assert env["AF_VO"] == "cms" and env["NB_UID"] == str(IDENT.uid)
+    assert env["JUPYTERHUB_API_TOKEN"] == "t"
+    assert env["JUPYTERHUB_SERVICE_URL"] == "http://127.0.0.2:9999/u/"
