@@ -1,8 +1,8 @@
 """Shared informers: LIST + WATCH with resourceVersion and bookmarks, re-LIST only on 410.
 
 One informer per (client, resource path, selector) per hub process, shared by every spawner.
-It never gives up: connection errors are retried with capped backoff, an expired
-resourceVersion (410 Gone) triggers a fresh LIST, and listeners see every change.
+It never gives up: connection errors are retried with capped backoff (reset on reconnect), an
+expired resourceVersion (410 Gone) triggers a fresh LIST, and listeners see every change.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ from afspawner.kube.client import KubeError, request, stream
 log = logging.getLogger("afspawner.informer")
 Listener = Callable[[str, dict[str, Any]], None]
 WATCH_SECONDS = 240
+# Retry delays after a failed LIST or WATCH: doubled per failure, reset once a LIST succeeds or
+# a WATCH connects, so a second apiserver outage is retried as quickly as the first.
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 8.0
 
 
 def object_key(obj: dict[str, Any]) -> str:
@@ -69,6 +73,7 @@ class Informer:
         self._synced = asyncio.Event()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._backoff = BACKOFF_FIRST
 
     # -- public ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -145,6 +150,7 @@ class Informer:
             "timeoutSeconds": self.watch_seconds,
         }
         resp = await stream(self.api, self.path, query, self.watch_seconds + 30)
+        self._backoff = BACKOFF_FIRST  # connected: the next outage starts retrying quickly
         try:
             async for line in _lines(resp):
                 event = json.loads(line)
@@ -170,33 +176,30 @@ class Informer:
             resp.release()
 
     async def _run(self) -> None:
-        backoff = 0.5
+        self._backoff = BACKOFF_FIRST
         need_list = True
         while True:
             try:
                 if need_list:
                     await self._list()
+                    self._backoff = BACKOFF_FIRST
                     need_list = False
                 gone = await self._watch()
-                backoff = 0.5
                 if gone:
                     log.info("informer %s: resourceVersion expired, re-listing", self.path)
                     need_list = True
             except asyncio.CancelledError:
                 raise
-            except KubeError as exc:
-                self.last_error = str(exc)
-                need_list = need_list or exc.status == 410
-                log.warning("informer %s: %s; retrying in %.1fs", self.path, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30)
-            except Exception as exc:  # connection reset, apiserver restart, bad JSON
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "informer %s: %s; retrying in %.1fs", self.path, self.last_error, backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30)
+            except Exception as exc:  # connection reset, apiserver restart, bad JSON, 5xx
+                if isinstance(exc, KubeError):
+                    self.last_error = str(exc)
+                    need_list = need_list or exc.status == 410
+                else:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                delay = self._backoff
+                log.warning("informer %s: %s; retrying in %.1fs", self.path, self.last_error, delay)
+                await asyncio.sleep(delay)
+                self._backoff = min(delay * 2, BACKOFF_MAX)
 
 
 _shared: dict[tuple[int, str, str], Informer] = {}
