@@ -3,8 +3,8 @@
 ``afhub check FACILITY.yaml`` validates a facility file and prints a one-screen summary
 (exit 0), or lists every error with its key path (exit 2).
 
-``afhub render FACILITY.yaml --user U --groups a,b --flavor F [--uid N --gid N] [--server S]
-[--allow-root]``
+``afhub render FACILITY.yaml --user U --groups a,b --flavor F [--uid N --gid N | --uid-map F]
+[--server S] [--allow-root]``
 prints the exact objects the Kubernetes backend would create, or exits 2 with the refusal.
 """
 
@@ -13,11 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from afcore.quantity import human_cpu, human_memory
 from afspawner.facility import Facility, Resources
 from afspawner.loader import FacilityError, load_facility_file
+from afspawner.plan import UserIdentity
+from afspawner.policy import Refusal
+from afspawner.uid import load_static_map, resolve_identity
 
 EXIT_INVALID = 2
 
@@ -87,8 +91,7 @@ def _render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     from afspawner.manifests import PodSettings, make_objects, server_namespace
     from afspawner.pipeline import plan_spawn, user_context
-    from afspawner.plan import UserIdentity
-    from afspawner.policy import PolicySettings, Refusal
+    from afspawner.policy import PolicySettings
 
     try:
         fac = load_facility_file(args.facility)
@@ -102,11 +105,14 @@ def _render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.gpus is not None:
         options["gpus"] = args.gpus
     try:
-        identity = UserIdentity(args.user, args.uid, args.gid)
+        identity = _identity(args)
         settings = PolicySettings(allow_root=args.allow_root)
         plan = plan_spawn(fac, settings, user, identity, options, args.server)
     except Refusal as exc:
         print(f"refused ({exc.status}): {exc.message}", file=err)
+        return EXIT_INVALID
+    except (OSError, ValueError) as exc:  # an unreadable or invalid --uid-map
+        print(f"cannot read --uid-map: {exc}", file=err)
         return EXIT_INVALID
     pod_settings = PodSettings(
         namespace=server_namespace(plan, args.namespace),
@@ -116,6 +122,17 @@ def _render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     docs = [*objs.claims, objs.secret, objs.pod]
     out.write(yaml.safe_dump_all(docs, sort_keys=False))
     return 0
+
+
+def _identity(args: argparse.Namespace) -> UserIdentity:
+    """``--uid/--gid``, else the static map (``--uid-map``), else refused like the spawner."""
+    if (args.uid is None) != (args.gid is None):
+        raise Refusal("give both --uid and --gid, or neither", 400)
+    if args.uid is not None:
+        return UserIdentity(args.user, args.uid, args.gid)
+    static = load_static_map(Path(args.uid_map)) if args.uid_map else {}
+    sources = ["static"] if args.uid_map else []
+    return resolve_identity(args.user, sources, None, static, None)
 
 
 def _names(csv: str) -> list[str]:
@@ -138,8 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--flavor", required=True)
     render.add_argument("--vo", help="VO to charge when the user has several")
     render.add_argument("--gpus", type=int, help="GPU count (GPU flavors)")
-    render.add_argument("--uid", type=int, default=1000)
-    render.add_argument("--gid", type=int, default=100)
+    render.add_argument("--uid", type=int, help="POSIX uid of the user (with --gid)")
+    render.add_argument("--gid", type=int, help="POSIX gid of the user (with --uid)")
+    render.add_argument(
+        "--uid-map", help="as c.AFSpawner.uid_map_file: take uid/gid/groups from this map"
+    )
     render.add_argument("--server", default="", help="named server")
     render.add_argument("--namespace", default="default", help="namespace of VO-less servers")
     render.add_argument(

@@ -2,7 +2,10 @@
 
 The pod carries labels to find it and an annotation with its reservation, so a restarted hub
 can rebuild its quota ledger from the cluster alone. Hub credentials (the API token) go into
-a per-server Secret consumed with ``envFrom``, not into the pod spec.
+a per-server Secret consumed with ``envFrom``, not into the pod spec; the backend creates the
+pod first and then its Secrets owned by it (:func:`owned_by`), so garbage collection removes
+them with the pod. Home claims are labelled (component ``home``) but owned by nobody: they
+are the user's data and outlive every server.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from afspawner.volumes import RenderContext, VolumeType, volume_types
 LABEL_PREFIX = "af.jupyterhub.org"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "jupyterhub-af"}
 COMPONENT = {"app.kubernetes.io/component": "singleuser-server"}
+HOME_COMPONENT = {"app.kubernetes.io/component": "home"}
 RESERVATION_ANNOTATION = f"{LABEL_PREFIX}/reservation"
 USERNAME_ANNOTATION = f"{LABEL_PREFIX}/username"
 SERVER_ANNOTATION = f"{LABEL_PREFIX}/server-name"
@@ -56,16 +60,50 @@ def token_secret_name(pod: str) -> str:
 
 
 def token_secret(
-    name: str, namespace: str, labels: Mapping[str, str], token: str
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    token: str,
+    annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Secret behind BEARER_TOKEN_FILE; rewritten when the hub refreshes the token."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "metadata": meta,
         "stringData": {TOKEN_KEY: token},
     }
+
+
+def owned_by(obj: Mapping[str, Any], pod: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` with an ownerReference to ``pod`` (as created: it needs the pod's uid)."""
+    pod_meta = pod.get("metadata") or {}
+    ref = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": pod_meta["name"],
+        "uid": pod_meta["uid"],
+        "blockOwnerDeletion": False,
+    }
+    meta = {**(obj.get("metadata") or {}), "ownerReferences": [ref]}
+    return {**obj, "metadata": meta}
+
+
+def server_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(username, server name)`` from the annotations of a pod or Secret we created."""
+    ann = (obj.get("metadata") or {}).get("annotations") or {}
+    user = ann.get(USERNAME_ANNOTATION)
+    if not isinstance(user, str):
+        return None
+    return user, str(ann.get(SERVER_ANNOTATION) or "")
+
+
+def server_annotations(username: str, server_name: str) -> dict[str, str]:
+    return {USERNAME_ANNOTATION: username, SERVER_ANNOTATION: server_name}
 
 
 def selector_labels(username: str | None = None) -> dict[str, str]:
@@ -73,6 +111,20 @@ def selector_labels(username: str | None = None) -> dict[str, str]:
     if username is not None:
         labels[f"{LABEL_PREFIX}/user"] = label_value(username)
     return labels
+
+
+def _home_claim(claim: dict[str, Any], plan: LaunchPlan, settings: PodSettings) -> dict[str, Any]:
+    """The project's labels on a home claim (found by operators, never counted as a server)."""
+    meta = dict(claim.get("metadata") or {})
+    meta["labels"] = {
+        **settings.extra_labels,
+        **(meta.get("labels") or {}),
+        **MANAGED_BY,
+        **HOME_COMPONENT,
+        f"{LABEL_PREFIX}/user": label_value(plan.username),
+    }
+    meta["annotations"] = {**(meta.get("annotations") or {}), USERNAME_ANNOTATION: plan.username}
+    return {**claim, "metadata": meta}
 
 
 def _resources(plan: LaunchPlan) -> dict[str, dict[str, str]]:
@@ -240,16 +292,15 @@ def make_objects(
         "volumes": [r.volume for r in rendered],
         **_placement(plan.gpu),
     }
+    owner = server_annotations(plan.username, plan.server_name)
     token = None
     if bearer_token is not None:
-        token = token_secret(token_secret_name(name), settings.namespace, labels, bearer_token)
+        token = token_secret(
+            token_secret_name(name), settings.namespace, labels, bearer_token, owner
+        )
         _mount_token(spec, container, token_secret_name(name))
     meta = {"name": name, "namespace": settings.namespace, "labels": labels}
-    annotations = {
-        USERNAME_ANNOTATION: plan.username,
-        SERVER_ANNOTATION: plan.server_name,
-        RESERVATION_ANNOTATION: reservation_annotation(plan),
-    }
+    annotations = {**owner, RESERVATION_ANNOTATION: reservation_annotation(plan)}
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -260,8 +311,8 @@ def make_objects(
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": meta,
+        "metadata": {**meta, "annotations": dict(owner)},
         "stringData": dict(settings.hub_env),
     }
-    claims = tuple(c for r in rendered for c in r.claims)
+    claims = tuple(_home_claim(c, plan, settings) for r in rendered for c in r.claims)
     return Objects(pod=pod, secret=secret, claims=claims, token_secret=token)

@@ -3,7 +3,8 @@
 The ledger holds one reservation per running or starting server. ``admit`` checks the VO's
 totals and the user's caps and records the reservation in the same synchronous call, so
 concurrent spawns on the hub's event loop can never overshoot. ``release`` frees it on stop or
-failure; ``restore`` rebuilds the ledger from the cluster after a hub restart.
+failure; ``restore``/``put`` rebuild it from the servers the hub knows after a restart and at
+each sweep (:mod:`afspawner.ownership` decides which).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from afcore.quantity import human_cpu, human_memory
-from afspawner.facility import Facility, Resources
+from afspawner.facility import VO, Facility, Resources
 from afspawner.plan import LaunchPlan
 from afspawner.policy import Refusal
 
@@ -91,6 +92,17 @@ def _over(limits: Resources, used: Usage, ask: Usage, who: str, vo: str) -> str 
     return None
 
 
+def _check_gpu_class(vo: VO, plan: LaunchPlan) -> None:
+    """A VO whose ``quota.gpus`` lists classes has no quota for the classes it does not list."""
+    gpu = plan.gpu
+    if gpu is not None and vo.quota.gpus and gpu.gpu_class not in vo.quota.gpus:
+        raise QuotaRefusal(
+            f"VO {vo.name} has no quota for {gpu.label} GPUs "
+            f"(it has: {', '.join(sorted(vo.quota.gpus))}); pick another flavor or ask your "
+            "facility"
+        )
+
+
 class Ledger:
     """Reservations of one hub process, keyed by ``user/server``."""
 
@@ -118,6 +130,7 @@ class Ledger:
             if plan.vo is not None and plan.vo in fac.vos:
                 vo = fac.vos[plan.vo]
                 ask = reservation.usage
+                _check_gpu_class(vo, plan)
                 message = _over(
                     vo.per_user, self.usage(vo.name, plan.username), ask, "you", vo.name
                 ) or _over(vo.quota, self.usage(vo.name), ask, "vo", vo.name)
@@ -132,6 +145,10 @@ class Ledger:
 
     def release(self, username: str, server_name: str) -> Reservation | None:
         return self._reservations.pop(server_key(username, server_name), None)
+
+    def put(self, reservation: Reservation) -> None:
+        """Count a server that runs already (the hub's view says so); no quota check."""
+        self._reservations[reservation.key] = reservation
 
     def restore(self, reservations: Iterable[Reservation]) -> None:
         """Replace the ledger with what the cluster says is running (hub restart)."""

@@ -57,6 +57,15 @@ def _check_caps(c: Checker, fac: Facility, fl: Flavor, path: str) -> None:
                 f"{fl.gpu.count} exceeds {gclass.name}.max_per_user "
                 f"({gclass.max_per_user}); no user could start it",
             )
+    if fl.gpu is not None and fl.vos and fl.gpu.gpu_class in fac.gpu_classes:
+        members = [fac.vos[v] for v in fl.vos if v in fac.vos]
+        cls = fl.gpu.gpu_class
+        if members and all(m.quota.gpus and cls not in m.quota.gpus for m in members):
+            c.err(
+                f"{path}.gpu.class",
+                f"no VO of this flavor ({', '.join(fl.vos)}) lists '{cls}' in quota.gpus, so "
+                "none may use it; add it there or remove the gpus map",
+            )
     for vo_name in fl.vos:
         member = fac.vos.get(vo_name)
         if member is None:

@@ -1,13 +1,20 @@
 """Per-hub-process shared state: facility, backend, quota ledger and GPU admission.
 
 Every AFSpawner with the same configuration shares one Runtime, so admission decisions see
-all servers of the hub. The ledger is rebuilt from the backend once, at first use; the GPU
-admission is woken by the backend whenever its capacity report may have changed.
+all servers of the hub. The GPU admission is woken by the backend whenever its capacity
+report may have changed.
+
+Crash safety: the spawner glue gives the runtime the hub's own view of its servers
+(``hub_view``). The ledger is rebuilt once, at first use, from the servers the backend runs
+that the hub knows (never from leftovers); a periodic sweep removes the backend's objects of
+servers the hub does not know and makes the ledger equal to the hub's servers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +24,13 @@ from afspawner.admission import GPUAdmission
 from afspawner.backends import Backend
 from afspawner.facility import Facility
 from afspawner.loader import load_facility_file
+from afspawner.ownership import LedgerChanges, ServerView, ledger_changes
 from afspawner.plan import UserIdentity
-from afspawner.quota import Ledger
+from afspawner.quota import Ledger, Reservation
 from afspawner.uid import PoolSettings, load_static_map
+
+log = logging.getLogger("afspawner.runtime")
+HubView = Callable[[], ServerView]
 
 
 @dataclass
@@ -32,19 +43,91 @@ class Runtime:
     admission: GPUAdmission = field(init=False)
     restored: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    hub_view: HubView | None = None
+    sweeps: int = 0  # passes completed
+    _sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.admission = GPUAdmission(self.backend.gpu_free)
         self.backend.watch_capacity(self.admission.wake)
 
     async def ensure_restored(self) -> None:
-        """Rebuild the ledger from what the backend runs (once per process)."""
+        """Rebuild the ledger from the servers the backend runs (once per process).
+
+        With a ``hub_view``, only servers the hub knows are counted; without one (a backend
+        used on its own), every server the backend runs.
+        """
         if self.restored:
             return
         async with self.lock:
             if not self.restored:
-                self.ledger.restore(await self.backend.running())
+                await self.backend.setup()
+                running = await self.backend.running()
+                if self.hub_view is None:
+                    self.ledger.restore(running)
+                else:
+                    self.ledger.restore(())
+                    self.sync_ledger(running)
                 self.restored = True
+
+    def sync_ledger(self, running: list[Reservation]) -> LedgerChanges:
+        """Release reservations of servers the hub does not know; count known ones missing.
+
+        Synchronous on purpose: the hub's view and the ledger are read in one step.
+        """
+        if self.hub_view is None:
+            return LedgerChanges()
+        changes = ledger_changes(self.ledger.reservations(), running, self.hub_view())
+        for username, server_name in changes.release:
+            self.ledger.release(username, server_name)
+            log.info("quota: released %s/%s (no such server at the hub)", username, server_name)
+        for reservation in changes.restore:
+            self.ledger.put(reservation)
+            log.info("quota: counted %s (a server the hub runs)", reservation.key)
+        return changes
+
+    async def reconcile(self) -> int:
+        """One sweep: remove orphans, then make the ledger equal to the hub's servers."""
+        view = self.hub_view
+        if view is None:
+            return 0
+        await self.ensure_restored()
+        removed = await self.backend.sweep(lambda: view().keep)
+        self.sync_ledger(await self.backend.running())
+        self.sweeps += 1
+        return removed
+
+    def start_sweeping(self) -> None:
+        """Sweep now and every ``backend.sweep_interval`` seconds (once per runtime)."""
+        interval = self.backend.sweep_interval
+        if interval is None or self.hub_view is None:
+            return
+        if self._sweeper is not None and not self._sweeper.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a CLI): nothing to sweep with
+            return
+        self._sweeper = loop.create_task(self._sweep_loop(interval), name="afspawner sweep")
+
+    async def _sweep_loop(self, interval: float) -> None:
+        """Until cancelled (JupyterHub cancels every task at shutdown); errors are retried."""
+        while True:
+            try:
+                await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "sweep failed (%s: %s); retrying in %.0fs", type(exc).__name__, exc, interval
+                )
+            await asyncio.sleep(interval)
+
+    def close(self) -> None:
+        """Stop the periodic sweep."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
 
 _runtimes: dict[tuple[Any, ...], Runtime] = {}
@@ -70,4 +153,7 @@ def create_runtime(
 
 
 def clear_runtimes() -> None:
+    for runtime in _runtimes.values():
+        with contextlib.suppress(RuntimeError):  # its event loop is closed already
+            runtime.close()
     _runtimes.clear()

@@ -24,7 +24,8 @@ from afspawner.admission import WaitSettings
 from afspawner.backends import Backend, LaunchFailed, LaunchRequest, Started, backends
 from afspawner.facility import Facility
 from afspawner.form import options_form, options_from_form
-from afspawner.plan import LaunchPlan
+from afspawner.hubview import HubView
+from afspawner.plan import LaunchPlan, UserIdentity
 from afspawner.policy import PolicySettings, Refusal, UserContext, parse_options
 from afspawner.runtime import Runtime, create_runtime, get_runtime
 from afspawner.uid import PoolSettings, resolve_identity
@@ -38,6 +39,11 @@ def _http_error(exc: LaunchFailed | Refusal) -> web.HTTPError:
     if isinstance(exc, Refusal):
         return web.HTTPError(exc.status, "%s", exc.message)
     return web.HTTPError(500, "%s", f"your server could not start: {exc.message}")
+
+
+async def _admit_hook(spawner: AFSpawner, user_options: Mapping[str, Any] | None) -> None:
+    """Default ``apply_user_options``: admission (see :meth:`AFSpawner.admit`)."""
+    await spawner.admit(user_options)
 
 
 class AFSpawner(Spawner):  # type: ignore[misc]
@@ -126,11 +132,27 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         self._state: dict[str, Any] = {}
         self._events: list[str] = []
         self._event_signal = asyncio.Event()
+        self._login_state: Mapping[str, Any] | None = None
+        self._admitted: tuple[LaunchPlan, Mapping[str, Any]] | None = None
         if self.facility_file:
-            _ = self.runtime  # configuration errors surface now, not at the first spawn
+            # configuration errors surface now, not at the first spawn
+            self._attach(self.runtime)
+
+    def _attach(self, rt: Runtime) -> None:
+        """Give the runtime the hub's view of its servers, and start its sweep."""
+        db = getattr(self.user, "db", None)  # the hub's session (Spawner.db is deprecated)
+        if db is None:  # not inside a hub (tests, tools)
+            return
+        if rt.hub_view is None:
+            rt.hub_view = HubView(db)
+        if isinstance(rt.hub_view, HubView):
+            rt.hub_view.add(self)
+        rt.start_sweeping()
 
     # -- who is spawning ---------------------------------------------------------------------
     async def _auth_state(self) -> Mapping[str, Any]:
+        if self._login_state is not None:  # this spawn's, from run_auth_state_hook
+            return self._login_state
         state = await self.user.get_auth_state()
         return state if isinstance(state, Mapping) else {}
 
@@ -178,12 +200,52 @@ class AFSpawner(Spawner):  # type: ignore[misc]
                 await asyncio.wait_for(self._event_signal.wait(), 1)
 
     # -- lifecycle ---------------------------------------------------------------------------
+    # -- admission: decided before anything slow -------------------------------------------
+    @default("apply_user_options")
+    def _default_apply_user_options(self) -> Any:
+        return _admit_hook
+
+    async def run_auth_state_hook(self, auth_state: Any) -> None:
+        """Keep the auth_state JupyterHub has just decrypted for this spawn (no second decrypt)."""
+        self._login_state = auth_state if isinstance(auth_state, Mapping) else {}
+        await super().run_auth_state_hook(auth_state)
+
+    async def admit(self, user_options: Mapping[str, Any] | None) -> None:
+        """Validate the options, resolve the plan and reserve quota, or refuse (HTTP 4xx).
+
+        JupyterHub (≥ 5.3) calls this through ``apply_user_options`` before the pre-spawn hook
+        and ``start()``, inside the spawn request, so a refusal reaches the caller as the
+        response to that request. A site that sets its own ``apply_user_options`` still gets
+        the same decision, made at the beginning of ``start()``.
+        """
+        try:
+            self._admitted = await self._decide(self.runtime, user_options)
+        except BaseException:
+            self._login_state = None
+            raise
+
+    async def _decide(
+        self, rt: Runtime, user_options: Mapping[str, Any] | None
+    ) -> tuple[LaunchPlan, Mapping[str, Any]]:
+        """Backend ready and ledger restored, then the plan and its reservation."""
+        try:
+            await rt.backend.setup()
+            await rt.ensure_restored()
+        except LaunchFailed as exc:  # the Kubernetes API did not answer
+            self.log.warning("spawn %s: %s", self._log_name, exc.message)
+            raise _http_error(exc) from None
+        return await self._plan(rt, user_options)
+
     async def start(self) -> tuple[str, int]:
         rt = self.runtime
-        await rt.backend.setup()
-        await rt.ensure_restored()
         self._events = []
-        plan, auth_state = await self._plan(rt)
+        admitted, self._admitted = self._admitted, None
+        try:
+            if admitted is None:
+                admitted = await self._decide(rt, self.user_options)
+        finally:
+            self._login_state = None  # later reads (token refresh) go to the hub again
+        plan, auth_state = admitted
         token = self._bearer_token(auth_state)
         try:
             started = await self._launch(rt, plan, token)
@@ -200,28 +262,40 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         self._progress(f"Server running ({plan.flavor})")
         return started.host, started.port
 
-    async def _plan(self, rt: Runtime) -> tuple[LaunchPlan, Mapping[str, Any]]:
-        """The pipeline, then the quota reservation; refusals become HTTP errors."""
+    async def _plan(
+        self, rt: Runtime, user_options: Mapping[str, Any] | None
+    ) -> tuple[LaunchPlan, Mapping[str, Any]]:
+        """The pipeline, then the quota reservation; refusals become HTTP errors.
+
+        Nothing here waits on a thread unless the uid must come from the account pool.
+        """
         try:
             user, auth_state = await self.user_context()
-            parse_options(self.user_options)  # refuse forged options before the pool file
-            identity = await asyncio.to_thread(
-                resolve_identity,
-                self.user.name,
-                self.uid_sources,
-                auth_state,
-                rt.static_ids,
-                rt.pool,
-            )
+            parse_options(user_options)  # refuse forged options before the pool file
+            identity = await self._identity(rt, auth_state)
             settings = PolicySettings(allow_root=self.allow_root)
             plan = pipeline.plan_spawn(
-                rt.facility, settings, user, identity, self.user_options, self.name
+                rt.facility, settings, user, identity, user_options, self.name
             )
             rt.ledger.admit(rt.facility, plan)
         except Refusal as exc:
             self.log.warning("spawn %s refused: %s", self._log_name, exc.message)
             raise _http_error(exc) from None
         return plan, auth_state
+
+    async def _identity(self, rt: Runtime, auth_state: Mapping[str, Any]) -> UserIdentity:
+        """The POSIX identity: auth_state and the static map at once, the pool in a thread."""
+        quick = [s for s in self.uid_sources if s != "pool"]
+        first_pool = list(self.uid_sources).index("pool") if "pool" in self.uid_sources else None
+        if first_pool is None or rt.pool is None:
+            return resolve_identity(self.user.name, quick, auth_state, rt.static_ids, None)
+        with contextlib.suppress(Refusal):  # sources before the pool, without a thread
+            before = list(self.uid_sources)[:first_pool]
+            if before:
+                return resolve_identity(self.user.name, before, auth_state, rt.static_ids, None)
+        return await asyncio.to_thread(
+            resolve_identity, self.user.name, self.uid_sources, auth_state, rt.static_ids, rt.pool
+        )
 
     def _request(self, plan: LaunchPlan, token: str | None) -> LaunchRequest:
         return LaunchRequest(
@@ -247,9 +321,20 @@ class AFSpawner(Spawner):  # type: ignore[misc]
             return await rt.backend.launch(request, self._progress)
 
     async def poll(self) -> int | None:
-        if not self._state:
-            return 0
+        """``None`` while the server runs; else its exit status, its quota released.
+
+        Without saved state (the hub stopped between creating the server row and saving the
+        state, or a spawn failed), the server is not running: unless its spawn is still in
+        progress here, its reservation is released and leftovers found by their
+        deterministic names are removed, so JupyterHub's cleanup (which calls ``stop()``
+        only when ``poll()`` says running) leaves nothing behind.
+        """
         rt = self.runtime
+        await rt.ensure_restored()
+        if not self._state:
+            if not (self._spawn_pending or self._start_pending):
+                await self._remove_leftovers(rt)
+            return 0
         status = await rt.backend.poll(self._state)
         if status is not None:
             rt.ledger.release(self.user.name, self.name)
@@ -276,10 +361,19 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         self._state["token_sha"] = _digest(token)
         self.log.info("refreshed the bearer token of %s", self._log_name)
 
+    async def _remove_leftovers(self, rt: Runtime) -> None:
+        rt.ledger.release(self.user.name, self.name)
+        found = await rt.backend.find(self.user.name, self.name)
+        if found:
+            self.log.warning("removing %s, left without saved state: %s", self._log_name, found)
+            await rt.backend.stop(found, now=True)
+
     async def stop(self, now: bool = False) -> None:
+        """Stop the server; without saved state, what its deterministic names find."""
         rt = self.runtime
-        if self._state:
-            await rt.backend.stop(self._state, now=now)
+        state = self._state or await rt.backend.find(self.user.name, self.name)
+        if state:
+            await rt.backend.stop(state, now=now)
         rt.ledger.release(self.user.name, self.name)
         self._state = {}
 

@@ -33,7 +33,12 @@ GPU_CLASSES = {
 def facility(**vo_overrides: Any) -> dict[str, Any]:
     vos = {
         "cms": {
-            "quota": {"cpu": 64, "memory": "256Gi", "servers": 20, "gpus": {"t4": 8}},
+            "quota": {
+                "cpu": 64,
+                "memory": "256Gi",
+                "servers": 20,
+                "gpus": {"t4": 8, "a100-3g.20gb": 4},
+            },
             "per_user": {"cpu": 16, "memory": "64Gi", "servers": 5, "gpus": {"t4": 4}},
         },
         "dune": {"quota": {"cpu": 16, "memory": "64Gi", "servers": 4}},

@@ -78,7 +78,12 @@ async def test_concurrent_spawns_never_exceed_the_vo_quota(
 def _gpu_facility() -> dict[str, Any]:
     fac = facility(
         cms={
-            "quota": {"cpu": 64, "memory": "256Gi", "servers": 20, "gpus": {"t4": 16}},
+            "quota": {
+                "cpu": 64,
+                "memory": "256Gi",
+                "servers": 20,
+                "gpus": {"t4": 16, "a100-3g.20gb": 4},
+            },
             "per_user": {"gpus": {"t4": 4}},
         }
     )

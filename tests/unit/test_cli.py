@@ -86,13 +86,14 @@ def test_render_prints_the_objects_of_a_gpu_server() -> None:
 
 
 def test_render_refusal_exits_2_with_the_reason() -> None:
+    ids = ("--uid", "50002", "--gid", "5063")
     code, out, err = run(
-        "render", str(EXAMPLE), "--user", "bob", "--groups", "cms", "--flavor", "ml-gpu-t4"
+        "render", str(EXAMPLE), "--user", "bob", "--groups", "cms", "--flavor", "ml-gpu-t4", *ids
     )
     assert code == 2 and out == ""
     assert "refused (403): NVIDIA T4 GPUs require approval (group gpu-approved)" in err
     code, _, err = run(
-        "render", str(EXAMPLE), "--user", "bob", "--groups", "cms", "--flavor", "nope"
+        "render", str(EXAMPLE), "--user", "bob", "--groups", "cms", "--flavor", "nope", *ids
     )
     assert code == 2 and "refused (400): unknown flavor 'nope'" in err
 
@@ -110,3 +111,22 @@ def test_render_applies_allow_root_like_the_spawner() -> None:
     assert "runAsNonRoot" not in pod["spec"]["securityContext"]
     env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
     assert env["AF_VO"] == "cms" and env["NB_UID"] == "0"
+
+
+def test_render_without_a_known_uid_is_refused_like_the_spawner(tmp_path: Path) -> None:
+    argv = ["render", str(EXAMPLE), "--user", "carol", "--groups", "cms", "--flavor", "cms-el9"]
+    code, out, err = run(*argv)
+    assert code == 2 and out == ""
+    assert "refused (403): no POSIX account is known for 'carol'" in err
+    code, _, err = run(*argv, "--uid", "50003")
+    assert code == 2 and "give both --uid and --gid" in err
+    uid_map = tmp_path / "uids.yaml"
+    uid_map.write_text("carol: {uid: 50003, gid: 5063}\n")
+    code, out, err = run(*argv, "--uid-map", str(uid_map))
+    assert code == 0, err
+    import yaml
+
+    pod = list(yaml.safe_load_all(out))[-1]
+    assert pod["spec"]["securityContext"]["runAsUser"] == 50003
+    code, _, err = run(*argv, "--uid-map", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "cannot read --uid-map" in err

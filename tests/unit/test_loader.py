@@ -255,3 +255,25 @@ def test_error_message_names_source(tmp_path: Path) -> None:
 def test_examples_are_valid(example: Path) -> None:
     fac = load_facility_file(example)
     assert fac.flavors
+
+
+def test_a_gpu_flavor_no_vo_of_it_has_quota_for_is_an_error() -> None:
+    data = copy.deepcopy(BASE)
+    data["flavors"].append(
+        {
+            "name": "cms-a100",
+            "vos": ["cms"],
+            "image": "img",
+            "cpu": 1,
+            "memory": "1Gi",
+            "gpu": {"class": "a100-3g.20gb"},
+        }
+    )
+    with pytest.raises(FacilityError) as info:
+        load_facility(data)
+    assert [str(i) for i in info.value.issues] == [
+        f"flavors[{len(data['flavors']) - 1}].gpu.class: no VO of this flavor (cms) lists "
+        "'a100-3g.20gb' in quota.gpus, so none may use it; add it there or remove the gpus map"
+    ]
+    data["vos"]["cms"]["quota"]["gpus"]["a100-3g.20gb"] = 2
+    assert load_facility(data).flavor("cms-a100") is not None

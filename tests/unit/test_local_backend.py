@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 from afspawner.backends.base import LaunchRequest
@@ -24,3 +26,18 @@ def test_local_and_kubernetes_servers_get_the_same_environment(tmp_path: Path) -
     assert env["AF_VO"] == "cms" and env["NB_UID"] == str(IDENT.uid)
     assert env["JUPYTERHUB_API_TOKEN"] == "t"
     assert env["JUPYTERHUB_SERVICE_URL"] == "http://127.0.0.2:9999/u/"
+
+
+async def test_local_server_is_found_and_stopped_without_saved_state(tmp_path: Path) -> None:
+    plan = replace(resolve(FAC, ALICE, SpawnOptions(), IDENT, "nb"), volumes=())
+    script = "import time; time.sleep(60)"
+    req = LaunchRequest(plan, [sys.executable, "-c", script], [], {}, 0, 30)
+    backend = LocalBackend(LocalSettings(tmp_path, run_as_hub_user=True))
+    assert await backend.find(plan.username, "nb") is None
+    started = await backend.launch(req, lambda m: None)
+    found = await backend.find(plan.username, "nb")
+    assert found is not None and found["pid"] == started.state["pid"]
+    assert await backend.find(plan.username, "") is None  # another server of the user
+    await backend.stop(found, now=True)
+    assert await backend.poll(started.state) is not None
+    assert await backend.find(plan.username, "nb") is None

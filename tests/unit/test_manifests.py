@@ -116,6 +116,28 @@ def test_volumes() -> None:
     assert claim["metadata"]["name"] == "home-o-27brien"
     assert claim["spec"]["storageClassName"] == "rbd"
     assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]  # the default
+
+
+def test_home_claim_access_mode_is_the_sites_choice() -> None:
+    from afspawner.volumes import volume_types
+
+    home = volume_types().load("home")
+    assert home.validate({"access_mode": "ReadWriteMany"}) == []
+    [(key, message)] = home.validate({"access_mode": "ReadOnlyMany"})
+    assert key == "access_mode" and "must be one of ReadWriteOnce, ReadWriteMany" in message
+    fac = load_facility(
+        {
+            "volumes": {"home": {"type": "home", "mount": "/home", "access_mode": "ReadWriteMany"}},
+            "flavors": [
+                {"name": "f", "image": "i", "cpu": 1, "memory": "1Gi", "volumes": ["home"]}
+            ],
+        }
+    )
+    ident = UserIdentity("u", 1000, 1000)
+    plan = resolve(fac, UserContext("u", frozenset(), (), False), SpawnOptions(), ident)
+    [claim] = make_objects(plan, SETTINGS).claims
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def test_reservation_round_trip() -> None:

@@ -125,3 +125,30 @@ def test_no_sequence_exceeds_any_limit(sequence: list[tuple[str, str, str, int, 
             assert mine.cpu_millis <= (vo.per_user.cpu_millis or 0)
             assert mine.servers <= (vo.per_user.servers or 0)
             assert mine.gpus.get("t4", 0) <= vo.per_user.gpus["t4"]
+
+
+def test_a_vo_with_a_gpus_map_has_no_quota_for_unlisted_classes() -> None:
+    ledger = Ledger()
+    a100 = GPURequest("a100", "nvidia.com/gpu", 1, display="NVIDIA A100")
+    p = LaunchPlan(
+        "alice", "", "cms", "f", "i", 1000, 2**30, None, None, UserIdentity("alice", 1, 1), a100
+    )
+    with pytest.raises(QuotaRefusal) as refused:
+        ledger.admit(FAC, p)
+    assert refused.value.message.startswith("VO cms has no quota for NVIDIA A100 GPUs (it has: t4)")
+    assert len(ledger) == 0
+    ledger.admit(FAC, plan("alice", gpus=1))  # a listed class is admitted as before
+
+
+def test_a_vo_without_a_gpus_map_does_not_limit_gpus() -> None:
+    fac = load_facility(
+        {
+            "vos": {"dune": {"quota": {"servers": 4}}},
+            "gpu_classes": {"t4": {"resource": "nvidia.com/gpu"}},
+            "flavors": [{"name": "f", "vos": ["dune"], "image": "i", "cpu": 1, "memory": "1Gi"}],
+        }
+    )
+    ledger = Ledger()
+    for user in ("a", "b", "c"):
+        ledger.admit(fac, plan(user, gpus=4, vo="dune"))
+    assert ledger.usage("dune").gpus == {"t4": 12}

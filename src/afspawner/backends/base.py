@@ -7,7 +7,7 @@ once per hub process (per configuration) and shared by all spawners.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,8 @@ from afspawner.quota import Reservation
 
 ProgressSink = Callable[[str], None]
 CapacityListener = Callable[[], None]
+ServerKey = tuple[str, str]  # (username, server name)
+KeepView = Callable[[], Collection[ServerKey]]
 
 
 def _nothing() -> None:
@@ -95,6 +97,23 @@ class Backend(ABC):
     async def running(self) -> list[Reservation]:
         """Reservations of every server this backend runs (to rebuild quotas on restart)."""
         return []
+
+    # -- crash safety (see afspawner.ownership) ---------------------------------------------
+    #: seconds between two sweeps of :meth:`sweep`; ``None``: this backend needs none
+    sweep_interval: float | None = None
+
+    async def find(self, username: str, server_name: str) -> Mapping[str, Any] | None:
+        """The state of this server found from its deterministic names, when the spawner has
+        no saved state (a hub killed mid-spawn); ``None`` when nothing of it exists."""
+        return None
+
+    async def sweep(self, keep: KeepView) -> int:
+        """Remove what this backend created for servers not in ``keep()``; how many objects.
+
+        ``keep`` is called after the objects were observed, so a server whose spawn began
+        after that is not mistaken for an orphan. Errors are raised (the next pass retries).
+        """
+        return 0
 
     # -- capacity reports (read by the GPU admission; no decisions here) ---------------------
     def gpu_free(self, gpu_class: str) -> int | None:

@@ -1,4 +1,10 @@
-"""Kubernetes backend: objects from :mod:`afspawner.manifests`, state from shared informers."""
+"""Kubernetes backend: objects from :mod:`afspawner.manifests`, state from shared informers.
+
+Crash safety: a server's pod is created first and its Secrets are owned by it (garbage
+collection removes them with the pod); names follow from (user, server), so a server is found
+without saved state; a periodic sweep (:mod:`afspawner.kube.sweep`) removes labelled pods and
+Secrets of servers the hub does not know.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from afspawner.backends.base import (
     Backend,
     CapacityListener,
+    KeepView,
     LaunchFailed,
     LaunchRequest,
     ProgressSink,
@@ -25,15 +34,20 @@ from afspawner.kube.informer import Informer, shared_informer
 from afspawner.kube.lifetime import close_at_shutdown
 from afspawner.kube.reconcile import reconcile_vo_namespaces
 from afspawner.kube.status import exit_status, pod_failure, pod_ready
+from afspawner.kube.sweep import sweep_once
 from afspawner.manifests import (
     PodSettings,
     make_objects,
+    owned_by,
     reservation_from_pod,
     selector_labels,
+    server_annotations,
     server_namespace,
+    server_of,
     token_secret,
     token_secret_name,
 )
+from afspawner.names import pod_name
 from afspawner.quota import Reservation
 
 log = logging.getLogger("afspawner.kubernetes")
@@ -48,6 +62,13 @@ class KubeSettings:
     reconcile_quotas: bool = True
     watch_nodes: bool = True
     extra_labels: Mapping[str, str] = field(default_factory=dict)
+    sweep_interval: float = 30.0
+    sweep_grace: float = 30.0
+
+
+def _unreachable(exc: BaseException) -> LaunchFailed:
+    log.warning("the Kubernetes API did not answer: %r", exc)
+    return LaunchFailed("the Kubernetes API did not answer; try again in a minute")
 
 
 def _selector(labels: Mapping[str, str]) -> str:
@@ -62,6 +83,8 @@ _OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "reconcile_quotas": bool,
     "watch_nodes": bool,
     "extra_labels": dict,
+    "sweep_interval": (int, float),
+    "sweep_grace": (int, float),
 }
 
 
@@ -83,6 +106,9 @@ def settings_from_options(options: Mapping[str, Any]) -> KubeSettings:
         raise ValueError(
             "c.AFSpawner.backend_options.image_pull_policy: Always, IfNotPresent or Never"
         )
+    for key in ("sweep_interval", "sweep_grace"):
+        if key in options and not options[key] > 0:
+            raise ValueError(f"c.AFSpawner.backend_options.{key}: seconds, more than 0")
     namespace = options.get("namespace") or os.environ.get("POD_NAMESPACE") or "default"
     return KubeSettings(
         namespace=namespace,
@@ -92,6 +118,8 @@ def settings_from_options(options: Mapping[str, Any]) -> KubeSettings:
         reconcile_quotas=options.get("reconcile_quotas", True),
         watch_nodes=options.get("watch_nodes", True),
         extra_labels=dict(options.get("extra_labels", {})),
+        sweep_interval=float(options.get("sweep_interval", 30.0)),
+        sweep_grace=float(options.get("sweep_grace", 30.0)),
     )
 
 
@@ -109,12 +137,32 @@ class KubernetesBackend(Backend):
         self.pods: Informer
         self.events: Informer
         self.nodes: Informer | None = None
+        self.sweep_interval = settings.sweep_interval
 
     def _all_namespaces(self) -> bool:
         return any(vo.namespace for vo in self.facility.vos.values())
 
+    def _namespaces(self) -> list[str]:
+        """Every namespace servers of this facility may run in."""
+        found = [self.settings.namespace]
+        found += [vo.namespace for vo in self.facility.vos.values() if vo.namespace]
+        return sorted(set(found))
+
     async def setup(self) -> None:
-        """Connect, start the shared informers and reconcile VO namespaces (once)."""
+        """Connect, start the shared informers and reconcile VO namespaces (once).
+
+        Raises :class:`LaunchFailed` (a clear message) when the apiserver does not answer.
+        """
+        if self._ready:
+            return
+        try:
+            await self._setup()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _unreachable(exc) from exc
+        except KubeError as exc:
+            raise LaunchFailed(f"Kubernetes refused the hub's setup: {exc.message}") from exc
+
+    async def _setup(self) -> None:
         async with self._setup_lock:
             if self._ready:
                 return
@@ -170,6 +218,13 @@ class KubernetesBackend(Backend):
         )
 
     async def launch(self, req: LaunchRequest, progress: ProgressSink) -> Started:
+        """Launch; an apiserver that does not answer fails the spawn with a clear message."""
+        try:
+            return await self._launch(req, progress)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _unreachable(exc) from exc
+
+    async def _launch(self, req: LaunchRequest, progress: ProgressSink) -> Started:
         await self.setup()
         settings = self._pod_settings(req)
         objs = make_objects(req.plan, settings, req.bearer_token)
@@ -186,7 +241,10 @@ class KubernetesBackend(Backend):
             progress(f"Server pod {ns}/{name} created; waiting for Kubernetes to start it")
             pod = await self._wait_ready(key, req.timeout)
         except BaseException:
-            await self.stop(state, now=True)
+            try:
+                await self.stop(state, now=True)
+            except Exception as exc:  # the sweep removes what is left; keep the first error
+                log.warning("could not remove %s after a failed spawn: %r", key, exc)
             raise
         finally:
             unsubscribe()
@@ -234,6 +292,7 @@ class KubernetesBackend(Backend):
         secrets: list[dict[str, Any]],
         pod: dict[str, Any],
     ) -> None:
+        """Claims, then the pod, then its Secrets owned by it (the kubelet waits for them)."""
         ns = pod["metadata"]["namespace"]
         base = f"/api/v1/namespaces/{ns}"
         try:
@@ -243,9 +302,9 @@ class KubernetesBackend(Backend):
                 except KubeError as exc:
                     if exc.status != 409:  # the user's home claim already exists: keep it
                         raise
+            created = await request(self.api, "POST", f"{base}/pods", body=pod)
             for secret in secrets:
-                await self._put_secret(secret)
-            await request(self.api, "POST", f"{base}/pods", body=pod)
+                await self._put_secret(owned_by(secret, created))
         except KubeError as exc:
             raise LaunchFailed(f"Kubernetes refused the server: {exc.message}") from exc
 
@@ -290,6 +349,25 @@ class KubernetesBackend(Backend):
         await self.setup()
         return exit_status(self.pods.store.get(f"{state['namespace']}/{state['pod']}"))
 
+    async def find(self, username: str, server_name: str) -> Mapping[str, Any] | None:
+        """The server's pod by its deterministic name, in any namespace of the facility."""
+        await self.setup()
+        name = pod_name(username, server_name)
+        for ns in self._namespaces():
+            if f"{ns}/{name}" in self.pods.store:
+                return {"namespace": ns, "pod": name}
+        return None
+
+    async def sweep(self, keep: KeepView) -> int:
+        await self.setup()
+        return await sweep_once(
+            self.api,
+            self._namespaces(),
+            _selector(selector_labels()),
+            keep,
+            self.settings.sweep_grace,
+        )
+
     async def stop(self, state: Mapping[str, Any], now: bool = False) -> None:
         await self.setup()
         ns, name = state.get("namespace"), state.get("pod")
@@ -324,9 +402,16 @@ class KubernetesBackend(Backend):
         ns, name = state.get("namespace"), state.get("pod")
         if not ns or not name:
             return
-        pod = self.pods.store.get(f"{ns}/{name}") or {}
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        await self._put_secret(token_secret(token_secret_name(str(name)), str(ns), labels, token))
+        pod = self.pods.store.get(f"{ns}/{name}")
+        if pod is None or exit_status(pod) is not None:
+            return  # the server is gone: its Secrets go with it
+        meta = pod.get("metadata") or {}
+        key = server_of(pod)
+        owner = server_annotations(*key) if key else None
+        secret = token_secret(
+            token_secret_name(str(name)), str(ns), meta.get("labels") or {}, token, owner
+        )
+        await self._put_secret(owned_by(secret, pod))
 
     async def running(self) -> list[Reservation]:
         await self.setup()

@@ -3,6 +3,9 @@
 As root it switches to the plan's uid/gid and runs in ``<root_dir>/<user>``; otherwise it only
 runs servers as the hub's own user when ``run_as_hub_user`` is set (no isolation: demo only).
 Volumes and GPUs are Kubernetes concepts and are refused here rather than silently dropped.
+Servers started by this process are also known by (user, server), so ``stop()`` works without
+saved state; processes of an earlier hub process are not tracked (they die with their session
+or are found by their saved pid).
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ async def _spawn(
 
 
 class LocalBackend(Backend):
+    sweep_interval = 30.0  # nothing to delete; the ledger is still checked against the hub
+
     @classmethod
     def create(cls, facility: Facility, options: Mapping[str, Any]) -> Backend:
         unknown = sorted(set(options) - _OPTIONS)
@@ -102,6 +107,7 @@ class LocalBackend(Backend):
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings
         self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._by_server: dict[tuple[str, str], dict[str, Any]] = {}
 
     def _check(self, plan: LaunchPlan) -> bool:
         """Refuse what this backend cannot do; ``True`` when it runs as root (can switch uid)."""
@@ -159,7 +165,15 @@ class LocalBackend(Backend):
         progress(f"Starting {plan.flavor} as uid {ident.uid} on port {port}")
         proc = await _spawn(self._command(req, port), env, workdir, ident if switch else None)
         self._procs[proc.pid] = proc
-        return Started(self.settings.ip, port, {"pid": proc.pid, **state})
+        started = {"pid": proc.pid, **state}
+        self._by_server[(plan.username, plan.server_name)] = started
+        return Started(self.settings.ip, port, started)
+
+    async def find(self, username: str, server_name: str) -> Mapping[str, Any] | None:
+        state = self._by_server.get((username, server_name))
+        if state is None or await self.poll(state) is not None:
+            return None
+        return dict(state)
 
     async def update_token(self, state: Mapping[str, Any], token: str) -> None:
         path = state.get("token_file")
@@ -183,6 +197,8 @@ class LocalBackend(Backend):
         pid = int(state.get("pid", 0))
         if pid <= 0:
             return
+        for key in [k for k, v in self._by_server.items() if v.get("pid") == pid]:
+            del self._by_server[key]
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         proc = self._procs.pop(pid, None)

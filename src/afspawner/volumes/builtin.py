@@ -114,13 +114,19 @@ class Home(VolumeType):
     options: ClassVar[Mapping[str, Option]] = {
         "storage_class": Option("str", help="StorageClass of the claim; default the cluster's"),
         "size": Option("quantity", help="size of the claim; default 10Gi"),
+        "access_mode": Option(
+            "enum",
+            choices=("ReadWriteOnce", "ReadWriteMany"),
+            help="ReadWriteOnce (default: one node at a time) or ReadWriteMany (NFS/CephFS "
+            "classes, for several servers of a user on different nodes)",
+        ),
     }
 
     @classmethod
     def render(cls, volume: VolumeMount, ctx: RenderContext) -> Rendered:
         size = format_memory(memory_bytes(volume.options.get("size", "10Gi")))
         spec: dict[str, object] = {
-            "accessModes": ["ReadWriteOnce"],
+            "accessModes": [str(volume.options.get("access_mode", "ReadWriteOnce"))],
             "resources": {"requests": {"storage": size}},
         }
         if "storage_class" in volume.options:
