@@ -35,6 +35,12 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _launch_timeout(start_timeout: float) -> float:
+    """The backend's own limit: a little under JupyterHub's ``start_timeout``, so the user sees
+    the backend's reason ("did not start within 57s (pod phase: Pending)"), not a bare timeout."""
+    return max(start_timeout - 3.0, min(start_timeout, 1.0))
+
+
 def _http_error(exc: LaunchFailed | Refusal) -> web.HTTPError:
     if isinstance(exc, Refusal):
         return web.HTTPError(exc.status, "%s", exc.message)
@@ -304,7 +310,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
             self.get_args(),
             self.get_env(),
             self.port,
-            float(self.start_timeout),
+            _launch_timeout(float(self.start_timeout)),
             token,
         )
 

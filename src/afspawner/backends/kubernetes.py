@@ -225,6 +225,7 @@ class KubernetesBackend(Backend):
             raise _unreachable(exc) from exc
 
     async def _launch(self, req: LaunchRequest, progress: ProgressSink) -> Started:
+        deadline = asyncio.get_running_loop().time() + req.timeout
         await self.setup()
         settings = self._pod_settings(req)
         objs = make_objects(req.plan, settings, req.bearer_token)
@@ -239,7 +240,8 @@ class KubernetesBackend(Backend):
             secrets = [objs.secret] + ([objs.token_secret] if objs.token_secret else [])
             await self._create(objs.claims, secrets, objs.pod)
             progress(f"Server pod {ns}/{name} created; waiting for Kubernetes to start it")
-            pod = await self._wait_ready(key, req.timeout)
+            left = deadline - asyncio.get_running_loop().time()
+            pod = await self._wait_ready(key, max(left, 1.0))
         except BaseException:
             try:
                 await self.stop(state, now=True)
@@ -339,7 +341,7 @@ class KubernetesBackend(Backend):
             pod = self.pods.store.get(key) or {}
             phase = (pod.get("status") or {}).get("phase", "not created")
             raise LaunchFailed(
-                f"the server did not start within {limit:.0f}s (pod phase: {phase})"
+                f"the server did not start within the start timeout (pod phase: {phase})"
             ) from None
         if "failure" in outcome:
             raise LaunchFailed(outcome["failure"])
