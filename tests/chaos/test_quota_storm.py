@@ -164,6 +164,10 @@ async def test_spawn_storm_refusals_are_403(chaos_hub: Any, chaos_report: ChaosR
             accepted_then_failed_messages=dict(late_messages),
             refusal_messages=sorted({o.message for o in outcomes if o.status == 403})[:3],
         )
+        refused_in_request = codes[403] == STORM - STORM_QUOTA and len(accepted) == STORM_QUOTA
+        figures["goal_every_refusal_is_a_403_on_the_request"] = (
+            "met" if refused_in_request else f"not met: {codes[403]}/{STORM - STORM_QUOTA}"
+        )
         checks.check(len(ready) == STORM_QUOTA, f"{len(ready)} servers run, quota {STORM_QUOTA}")
         not_quota = [m for m in late_messages if "already runs" not in m]
         checks.check(not not_quota, f"accepted spawns failed for another reason: {not_quota}")
@@ -176,7 +180,6 @@ async def test_spawn_storm_refusals_are_403(chaos_hub: Any, chaos_report: ChaosR
     # tokens, OAuth client, auth_state decryption) takes ~0.1 s of hub CPU per request here, so
     # in a 300-request storm most requests reach admission after slow_spawn_timeout (10 s) and
     # are answered 202, then fail with the quota message. Marked, not hidden, until fixed.
-    refused_in_request = codes[403] == STORM - STORM_QUOTA and len(accepted) == STORM_QUOTA
     if not refused_in_request:
         pytest.xfail(
             f"only {codes[403]} of {STORM - STORM_QUOTA} refusals came as HTTP 403 on the "
