@@ -23,12 +23,22 @@ HubFactory = Callable[..., Awaitable[Any]]
 os.environ.setdefault("JUPYTERHUB_CRYPT_KEY", "0" * 64)
 
 
+def _two_ports() -> tuple[int, int]:
+    """Two distinct free ports (``free_port`` twice may return the same one)."""
+    first = free_port()
+    second = free_port()
+    while second == first:
+        second = free_port()
+    return first, second
+
+
 def hub_config(
     facility_file: Path,
     spawner: Mapping[str, Any] | None = None,
     authenticator: Mapping[str, Any] | None = None,
     hub: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    public, api = _two_ports()
     return {
         # a plain base URL: the Python configurable-http-proxy re-encodes MockHub's default
         # '/@/space%20word/' prefix and loops
@@ -36,7 +46,7 @@ def hub_config(
             "spawner_class": "af",
             "allow_named_servers": True,
             "named_server_limit_per_user": 0,
-            "bind_url": f"http://127.0.0.1:{free_port()}/",
+            "bind_url": f"http://127.0.0.1:{public}/",
             "cookie_secret_file": str(facility_file.parent / "cookie_secret"),
             **(hub or {}),
         },
@@ -48,7 +58,11 @@ def hub_config(
         },
         "Authenticator": {"enable_auth_state": True, "allow_all": True, **(authenticator or {})},
         # one pid file per hub: a shared one makes a new hub kill the previous test's proxy
-        "ConfigurableHTTPProxy": {"pid_file": str(facility_file.parent / "proxy.pid")},
+        # the proxy's API port chosen here too: MockHub's random one could equal bind_url's port
+        "ConfigurableHTTPProxy": {
+            "pid_file": str(facility_file.parent / "proxy.pid"),
+            "api_url": f"http://127.0.0.1:{api}",
+        },
     }
 
 
