@@ -1,11 +1,15 @@
 """The demo hub of `scripts/demo`: dev IdP (INSECURE, demo only) + local backend.
 
 Users: ada (CMS, approved for GPUs, uid 50001), bob (DUNE, uid from the account pool),
-any password. Open http://127.0.0.1:8000 after `scripts/demo`.
+cleo (CMS and DUNE, manages DUNE), olga (the operator: hub admin), any password. Open
+http://127.0.0.1:8000 after `scripts/demo`; the "Facility" link in the top bar shows your
+allowance in each of your experiments (olga sees every VO and user there).
 """
 
 import os
 from pathlib import Path
+
+from afspawner import facility_page
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821
 here = Path(__file__).resolve().parent
@@ -34,12 +38,25 @@ c.AFAuthenticator.idps = [
         "users": {
             "ada": {"groups": ["cms", "gpu-approved"], "uid": 50001, "gid": 5063},
             "bob": {"groups": ["dune"]},
+            "cleo": {"groups": ["cms", "dune", "dune-managers"]},
+            "olga": {"groups": ["af-admins"]},
         },
     },
 ]
 c.AFAuthenticator.mapping = [
     {"idp": "demo", "claim": "groups", "match": "cms|dune", "vo": "{value}", "group": "{value}"},
     {"idp": "demo", "claim": "groups", "value": "gpu-approved", "group": "gpu-approved"},
+    {"idp": "demo", "claim": "groups", "value": "af-admins", "admin": True},
+    {"idp": "demo", "claim": "groups", "value": "dune-managers", "role": "vo-manager-dune"},
+]
+# a VO manager sees the usage of their VO's users on the facility page
+c.AFAuthenticator.vos = ["cms", "dune"]
+c.AFAuthenticator.managed_roles = [
+    {
+        "name": "vo-manager-{vo}",
+        "description": "see the quota use of VO {vo} and its users",
+        "scopes": ["custom:af-facility:read!group={vo}"],
+    },
 ]
 
 # --- what: flavors by VO, quotas, local processes ------------------------------------------
@@ -61,3 +78,6 @@ c.AFSpawner.uid_pool_range = [60000, 60999]
 c.AFSpawner.uid_pool_gid = 60000
 c.AFSpawner.default_url = "/lab"
 c.AFSpawner.start_timeout = 60
+
+# --- the facility page (/hub/facility, JSON at /hub/api/facility) -------------------------
+facility_page.setup(c)

@@ -36,6 +36,7 @@ from afauth.handlers import completes_redirect_flow, handlers
 from afauth.identity import Identity
 from afauth.idps import IdentityProvider, PasswordIdP, RedirectIdP
 from afauth.mapping import Mapped, map_identity
+from afauth.metrics import failure_reason, record_login, tag
 from afauth.refresh import Refreshed, RefreshGate, keep_during_outage
 from afauth.state import build_auth_state, identity_from_state
 from afauth.usernames import DEFAULT_MAX_LENGTH
@@ -195,13 +196,31 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
 
     # -- authentication --------------------------------------------------------------------------
 
+    def _login_idp(self, data: Mapping[str, Any] | None) -> IdentityProvider | None:
+        data = data or {}
+        return self.idp(str(data.get("idp", ""))) if data.get("idp") else self.single_password_idp()
+
+    async def get_authenticated_user(self, handler: Any, data: Any) -> Any:
+        """JupyterHub's sign-in (authenticate, allow/block checks, post-auth hook), counted in
+        the ``jupyterhub_af_logins_total`` metrics per IdP and outcome."""
+        idp = self._login_idp(data if isinstance(data, Mapping) else None)
+        name = idp.name if idp is not None else ""
+        try:
+            user = await super().get_authenticated_user(handler, data)
+        except web.HTTPError as exc:
+            record_login(name, exc.status_code, getattr(exc, "af_login_reason", None))
+            raise
+        record_login(name, None, None if user is not None else "not_allowed")
+        return user
+
     async def authenticate(self, handler: Any, data: Mapping[str, Any] | None) -> dict[str, Any]:
         data = data or {}
-        idp = self.idp(str(data.get("idp", ""))) if data.get("idp") else self.single_password_idp()
+        idp = self._login_idp(data)
         if idp is None:
             raise web.HTTPError(400, "Choose an identity provider on the login page.")
         if isinstance(idp, RedirectIdP) and not completes_redirect_flow(handler):
             raise web.HTTPError(400, f"Sign in with {idp.display_name} using its button.")
+        stage = "idp"
         try:
             if isinstance(idp, RedirectIdP):
                 identity = await idp.complete(
@@ -216,11 +235,14 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
                 )
             else:  # pragma: no cover - the registry only admits the two kinds
                 raise AuthFailure("This identity provider cannot sign you in here.")
+            stage = "binding"
             identity = await self._bind(identity)
+            stage = "access"
             return self.auth_model(idp, identity, getattr(handler, "db", None))
         except AuthFailure as exc:
             self.log.warning("sign-in via %s refused: %s", idp.name, exc.detail or exc.message)
-            raise web.HTTPError(exc.status, exc.message) from None
+            error = web.HTTPError(exc.status, exc.message)
+            raise tag(error, failure_reason(stage, exc.status)) from None
 
     async def _bind(self, identity: Identity) -> Identity:
         """Apply links and check the (idp, subject) ↔ name binding; refuse collisions.
@@ -263,7 +285,7 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
             try:  # a concurrent login may have taken the name a moment ago
                 self._check_binding(binding, key[0], key, auth_model["name"])
             except AuthFailure as exc:
-                raise web.HTTPError(exc.status, exc.message) from None
+                raise tag(web.HTTPError(exc.status, exc.message), "binding") from None
         return model
 
     def map_identity(self, identity: Identity) -> Mapped:
@@ -333,7 +355,7 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
             reason = f"members of VO {', '.join(sorted(vos & self.blocked_vos))} are blocked"
         if reason:
             self.log.warning("blocked %s: %s", username, reason)
-            raise web.HTTPError(403, f"You cannot use this hub: {reason}.")
+            raise tag(web.HTTPError(403, f"You cannot use this hub: {reason}."), "blocked")
         return True
 
     def check_allowed(self, username: str, authentication: Any = None) -> bool:

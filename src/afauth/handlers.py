@@ -28,6 +28,7 @@ from tornado import web
 from afauth.errors import AuthFailure
 from afauth.flow import LoginState, check_state, pkce_challenge, safe_next
 from afauth.idps import IdentityProvider, PasswordIdP, RedirectIdP
+from afauth.metrics import failure_reason, record_login
 
 COOKIE_PREFIX = "afauth-oidc-"
 NOT_ALLOWED = "You are not allowed to use this hub. Ask the facility administrators."
@@ -196,6 +197,7 @@ class IdPLoginHandler(BaseHandler):  # type: ignore[misc]
             )
         except AuthFailure as exc:
             self.log.warning("cannot start sign-in with %s: %s", idp.name, exc.detail)
+            record_login(idp.name, exc.status, failure_reason("idp", exc.status))
             raise web.HTTPError(exc.status, exc.message) from None
         self._set_cookie(
             COOKIE_PREFIX + idp.name,
@@ -248,6 +250,7 @@ class CallbackHandler(BaseHandler):  # type: ignore[misc]
         error = self.get_argument("error", "")
         if error:
             self.log.warning("%s returned error %r", idp.name, error[:64])
+            record_login(idp.name, 403, "credentials")
             raise web.HTTPError(
                 403, f"{idp.display_name} did not sign you in ({error[:64]}). Please try again."
             )
@@ -288,6 +291,7 @@ class CallbackHandler(BaseHandler):  # type: ignore[misc]
         )
         if problem or saved is None:
             self.log.warning("OIDC callback for %s refused: %s", idp.name, problem)
+            record_login(idp.name, 400, "bad_request")
             raise web.HTTPError(
                 400, f"Sign-in failed: {problem}. Please start again from the login page."
             )

@@ -54,6 +54,7 @@ class Grant:
     ticket: int
     admission: GPUAdmission = field(repr=False)
     state: GrantState = GrantState.QUEUED
+    owner: str = ""  # "user/server" of the spawn, shown on the facility page
     ready: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     moved: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -80,13 +81,17 @@ class GPUAdmission:
     def waiting(self, gpu_class: str) -> int:
         return len(self._queues.get(gpu_class, ()))
 
+    def queued(self) -> dict[str, tuple[str, ...]]:
+        """The owners of the waiting spawns of each class, head first."""
+        return {name: tuple(g.owner for g in q) for name, q in self._queues.items() if q}
+
     def position(self, grant: Grant) -> int:
         """How many are ahead of ``grant`` in its queue."""
         return list(self._queues.get(grant.gpu_class, ())).index(grant)
 
     # -- transitions -------------------------------------------------------------------------
-    def enqueue(self, gpu_class: str, count: int) -> Grant:
-        grant = Grant(gpu_class, count, next(self._tickets), self)
+    def enqueue(self, gpu_class: str, count: int, owner: str = "") -> Grant:
+        grant = Grant(gpu_class, count, next(self._tickets), self, owner=owner)
         self._queues.setdefault(gpu_class, deque()).append(grant)
         self.wake(gpu_class)
         return grant
@@ -136,10 +141,14 @@ class GPUAdmission:
     # -- the spawn's view --------------------------------------------------------------------
     @asynccontextmanager
     async def gpus(
-        self, gpu: GPURequest, wait: WaitSettings, progress: Callable[[str], None]
+        self,
+        gpu: GPURequest,
+        wait: WaitSettings,
+        progress: Callable[[str], None],
+        owner: str = "",
     ) -> AsyncIterator[Grant]:
         """Hold ``gpu.count`` units for the block: wait FIFO (or refuse), release on exit."""
-        grant = self.enqueue(gpu.gpu_class, gpu.count)
+        grant = self.enqueue(gpu.gpu_class, gpu.count, owner)
         try:
             await self._wait(grant, gpu.label, wait, progress)
             yield grant

@@ -52,6 +52,22 @@ class Toleration:
 
 
 @dataclass(frozen=True)
+class IdleLimits:
+    """Idle and lifetime limits declared at one level (facility, GPU class or flavor).
+
+    Seconds; ``None``: not set at this level (the less specific level decides);
+    ``math.inf``: explicitly no limit (``never`` in the file). See :mod:`afspawner.culling`.
+    """
+
+    timeout: float | None = None  # stop after this long without activity
+    max_age: float | None = None  # stop this long after the start, active or not
+
+    @property
+    def empty(self) -> bool:
+        return self.timeout is None and self.max_age is None
+
+
+@dataclass(frozen=True)
 class GPUClass:
     """A kind of GPU a user may ask for: whole devices, a MIG profile, or a time-sliced share."""
 
@@ -63,6 +79,7 @@ class GPUClass:
     tolerations: tuple[Toleration, ...]
     max_per_user: int | None
     groups: tuple[str, ...]  # empty = every user of a VO whose flavor offers the class
+    idle: IdleLimits = field(default_factory=IdleLimits)
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,7 @@ class Flavor:
     volumes: tuple[str, ...]
     env: Mapping[str, str]
     default: bool
+    idle: IdleLimits = field(default_factory=IdleLimits)
 
 
 @dataclass(frozen=True)
@@ -111,6 +129,7 @@ class Facility:
     gpu_classes: Mapping[str, GPUClass]
     volumes: Mapping[str, Volume]
     flavors: tuple[Flavor, ...]
+    idle: IdleLimits = field(default_factory=IdleLimits)  # the facility's default limits
 
     def flavor(self, name: str) -> Flavor | None:
         return next((f for f in self.flavors if f.name == name), None)

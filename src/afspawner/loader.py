@@ -17,6 +17,7 @@ from afcore.issues import Checker, ConfigError, ConfigIssue, join_path, kind
 from afcore.quantity import cpu_millis, memory_bytes
 from afcore.registry import PluginError
 from afcore.templates import PATH_FIELDS, template_problem
+from afspawner.culling import idle_limits
 from afspawner.facility import (
     VO,
     Facility,
@@ -24,6 +25,7 @@ from afspawner.facility import (
     FlavorGPU,
     GPUClass,
     GPUSharing,
+    IdleLimits,
     Resources,
     Toleration,
     Volume,
@@ -164,6 +166,7 @@ _GPU_CLASS_KEYS = {
     "max_per_user",
     "groups",
     "sharing",
+    "idle",
 }
 
 
@@ -189,6 +192,7 @@ def _gpu_class(c: Checker, name: str, raw: object, path: str) -> GPUClass:
         if "max_per_user" in data
         else None,
         groups=c.strings(data["groups"], f"{path}.groups") if "groups" in data else (),
+        idle=idle_limits(c, data["idle"], f"{path}.idle") if "idle" in data else IdleLimits(),
     )
 
 
@@ -251,6 +255,7 @@ _FLAVOR_KEYS = {
     "volumes",
     "env",
     "default",
+    "idle",
 }
 
 
@@ -332,6 +337,7 @@ def _flavor(c: Checker, raw: object, path: str) -> Flavor | None:
         volumes=names("volumes"),
         env=frozen_map(_env(c, data["env"], f"{path}.env") if "env" in data else {}),
         default=c.boolean(data["default"], f"{path}.default") if "default" in data else False,
+        idle=idle_limits(c, data["idle"], f"{path}.idle") if "idle" in data else IdleLimits(),
     )
 
 
@@ -369,7 +375,9 @@ def _plugin_lookup() -> Callable[[str], type[VolumeType] | str]:
 def load_facility(data: object, source: str = "facility") -> Facility:
     """Validate ``data`` (the parsed YAML) and return a Facility, or raise FacilityError."""
     c = Checker()
-    top = c.mapping(data, "", {"site", "vos", "gpu_classes", "volumes", "flavors"}, {"flavors"})
+    top = c.mapping(
+        data, "", {"site", "vos", "gpu_classes", "volumes", "flavors", "idle"}, {"flavors"}
+    )
     if top is None:
         raise FacilityError(c.issues, source)
     site = c.mapping(top.get("site", {}), "site", {"name"}) or {}
@@ -392,6 +400,7 @@ def load_facility(data: object, source: str = "facility") -> Facility:
         gpu_classes=frozen_map(gpus),
         volumes=frozen_map(volumes),
         flavors=tuple(flavors),
+        idle=idle_limits(c, top["idle"], "idle") if "idle" in top else IdleLimits(),
     )
     declared = {
         key: {k for k in top[key] if isinstance(k, str)}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ class Runtime:
     hub_view: HubView | None = None
     sweeps: int = 0  # passes completed
     _sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
+    _culler: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.admission = GPUAdmission(self.backend.gpu_free)
@@ -123,11 +124,33 @@ class Runtime:
                 )
             await asyncio.sleep(interval)
 
+    def start_culling(self, cull: Callable[[], Awaitable[int]], interval: float) -> None:
+        """Run ``cull()`` (``afspawner.hubcull``: idle and lifetime limits) every ``interval``
+        seconds, once per runtime, next to the sweep; errors are logged and retried."""
+        if self._culler is not None and not self._culler.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a CLI)
+            return
+        self._culler = loop.create_task(self._cull_loop(cull, interval), name="afspawner culling")
+
+    async def _cull_loop(self, cull: Callable[[], Awaitable[int]], interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await cull()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("idle culling failed (%s: %s)", type(exc).__name__, exc)
+
     def close(self) -> None:
-        """Stop the periodic sweep."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        """Stop the periodic sweep and culling."""
+        for task in (self._sweeper, self._culler):
+            if task is not None:
+                task.cancel()
+        self._sweeper = self._culler = None
 
 
 _runtimes: dict[tuple[Any, ...], Runtime] = {}
@@ -135,6 +158,11 @@ _runtimes: dict[tuple[Any, ...], Runtime] = {}
 
 def get_runtime(key: tuple[Any, ...]) -> Runtime | None:
     return _runtimes.get(key)
+
+
+def runtimes() -> tuple[Runtime, ...]:
+    """Every runtime of this process (read by the metrics collector at scrape time)."""
+    return tuple(_runtimes.values())
 
 
 def create_runtime(

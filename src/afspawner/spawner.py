@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
 
-from afspawner import pipeline
+from afspawner import metrics, pipeline
 from afspawner.admission import WaitSettings
 from afspawner.backends import Backend, LaunchFailed, LaunchRequest, Started, backends
 from afspawner.facility import Facility
@@ -179,7 +180,11 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         async def form(spawner: AFSpawner) -> str:
             user, _ = await spawner.user_context()
             rt = spawner.runtime
-            return options_form(rt.facility, user, rt.admission.available)
+            with contextlib.suppress(LaunchFailed):  # the catalog shows what is known
+                await rt.ensure_restored()
+            return options_form(
+                rt.facility, user, rt.admission.available, rt.ledger.usage, spawner.gpu_wait
+            )
 
         return form
 
@@ -234,13 +239,17 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         self, rt: Runtime, user_options: Mapping[str, Any] | None
     ) -> tuple[LaunchPlan, Mapping[str, Any]]:
         """Backend ready and ledger restored, then the plan and its reservation."""
+        began = time.monotonic()
         try:
             await rt.backend.setup()
             await rt.ensure_restored()
         except LaunchFailed as exc:  # the Kubernetes API did not answer
             self.log.warning("spawn %s: %s", self._log_name, exc.message)
+            metrics.record_outcome("failure")
             raise _http_error(exc) from None
-        return await self._plan(rt, user_options)
+        admitted = await self._plan(rt, user_options)
+        metrics.observe_phase("admission", admitted[0], time.monotonic() - began)
+        return admitted
 
     async def start(self) -> tuple[str, int]:
         rt = self.runtime
@@ -257,6 +266,10 @@ class AFSpawner(Spawner):  # type: ignore[misc]
             started = await self._launch(rt, plan, token)
         except BaseException as exc:
             rt.ledger.release(self.user.name, self.name)
+            if isinstance(exc, Refusal):  # from the GPU admission
+                metrics.record_refusal(metrics.refusal_reason(exc, "gpu", self.gpu_wait), plan)
+            else:
+                metrics.record_outcome("failure", plan)
             if isinstance(exc, LaunchFailed):
                 self._progress(f"Failed: {exc.message}")
             if isinstance(exc, LaunchFailed | Refusal):
@@ -265,6 +278,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         self._state = {**started.state, "vo": plan.vo, "flavor": plan.flavor}
         if token is not None:
             self._state["token_sha"] = _digest(token)
+        metrics.record_outcome("success", plan)
         self._progress(f"Server running ({plan.flavor})")
         return started.host, started.port
 
@@ -275,17 +289,23 @@ class AFSpawner(Spawner):  # type: ignore[misc]
 
         Nothing here waits on a thread unless the uid must come from the account pool.
         """
+        stage: metrics.Stage = "options"
+        planned: LaunchPlan | None = None
         try:
             user, auth_state = await self.user_context()
             parse_options(user_options)  # refuse forged options before the pool file
+            stage = "identity"
             identity = await self._identity(rt, auth_state)
+            stage = "policy"
             settings = PolicySettings(allow_root=self.allow_root)
-            plan = pipeline.plan_spawn(
+            plan = planned = pipeline.plan_spawn(
                 rt.facility, settings, user, identity, user_options, self.name
             )
+            stage = "quota"
             rt.ledger.admit(rt.facility, plan)
         except Refusal as exc:
             self.log.warning("spawn %s refused: %s", self._log_name, exc.message)
+            metrics.record_refusal(metrics.refusal_reason(exc, stage), planned)
             raise _http_error(exc) from None
         return plan, auth_state
 
@@ -318,13 +338,15 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         """Launch, holding the plan's GPUs (if any) until the backend counts them itself."""
         request = self._request(plan, token)
         if plan.gpu is None:
-            return await rt.backend.launch(request, self._progress)
+            return await metrics.timed_launch(rt.backend.launch(request, self._progress), plan)
         wait = WaitSettings(
             "queue" if self.gpu_wait == "queue" else "refuse", float(self.gpu_queue_timeout)
         )
-        async with rt.admission.gpus(plan.gpu, wait, self._progress) as grant:
+        owner = f"{self.user.name}/{self.name}"
+        hold = rt.admission.gpus(plan.gpu, wait, self._progress, owner)
+        async with metrics.timed_gpus(hold, plan, wait.mode) as grant:
             request = replace(request, gpus_counted=grant.running)
-            return await rt.backend.launch(request, self._progress)
+            return await metrics.timed_launch(rt.backend.launch(request, self._progress), plan)
 
     async def poll(self) -> int | None:
         """``None`` while the server runs; else its exit status, its quota released.

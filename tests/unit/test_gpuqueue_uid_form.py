@@ -141,7 +141,7 @@ def test_form_lists_only_offered_flavors_and_escapes() -> None:
     html = options_form(FAC, user, lambda c: 3)
     assert 'value="cms-el9" checked' in html
     assert "cms-t4" not in html  # needs gpu-approved
-    assert 'name="vo"' in html  # two VOs: a choice
+    assert 'value="huge/dune"' in html  # two VOs: an open flavor once per VO
     dave = UserContext("dave", frozenset({"gpu-approved"}), ("cms",))
     assert "1 x NVIDIA T4 GPU (3 free now)" in options_form(FAC, dave, lambda c: 3)
     assert "none free now" in options_form(FAC, dave, lambda c: 0)

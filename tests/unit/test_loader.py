@@ -214,9 +214,8 @@ def test_top_level_must_be_a_mapping(top: object) -> None:
 def test_unknown_top_level_key() -> None:
     data = copy.deepcopy(BASE)
     data["flavours"] = []
-    assert "flavours: unknown key; allowed: flavors, gpu_classes, site, volumes, vos" in errors_of(
-        data
-    )
+    allowed = "flavors, gpu_classes, idle, site, volumes, vos"
+    assert f"flavours: unknown key; allowed: {allowed}" in errors_of(data)
 
 
 def test_yaml_syntax_error_has_line() -> None:

@@ -30,6 +30,7 @@ from afauth.errors import AuthFailure
 from afauth.identity import Identity
 from afauth.idps.base import PasswordIdP
 from afauth.idps.ldap_support import close, fill, filter_problem, first, parent, to_int
+from afauth.metrics import idp_request
 from afauth.usernames import MAX_INPUT_LENGTH, normalise_username
 from afcore.options import Option, as_list
 
@@ -183,11 +184,12 @@ class LDAP(PasswordIdP):
             raise_exceptions=False,
         )
         try:
-            conn.open()
-            starttls = self.servers[index].startswith("ldap://") and self.opt("start_tls")
-            if starttls and not conn.start_tls():
-                raise _ServerDown(f"StartTLS refused: {conn.result.get('description')}")
-            ok = conn.bind()
+            with idp_request(self.name, "bind"):
+                conn.open()
+                starttls = self.servers[index].startswith("ldap://") and self.opt("start_tls")
+                if starttls and not conn.start_tls():
+                    raise _ServerDown(f"StartTLS refused: {conn.result.get('description')}")
+                ok = conn.bind()
         except Exception as exc:  # ldap3 raises more than LDAPException here
             close(conn)
             raise _ServerDown(f"{type(exc).__name__}: {exc}") from None
@@ -295,7 +297,8 @@ class LDAP(PasswordIdP):
 
     def _search(self, conn: ldap3.Connection, base: str, flt: str, attrs: list[str]) -> list[Any]:
         try:
-            conn.search(base, flt, ldap3.SUBTREE, attributes=attrs, size_limit=50)
+            with idp_request(self.name, "search"):
+                conn.search(base, flt, ldap3.SUBTREE, attributes=attrs, size_limit=50)
         except Exception as exc:  # ldap3 raises more than LDAPException here
             raise _ServerDown(f"search failed: {type(exc).__name__}: {exc}") from None
         result = conn.result or {}

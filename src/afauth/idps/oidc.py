@@ -21,6 +21,7 @@ from afauth.errors import AuthFailure
 from afauth.identity import Identity, Tokens
 from afauth.idps.base import RedirectIdP
 from afauth.mapping import claim_values, lookup
+from afauth.metrics import idp_request, oidc_operation
 from afauth.tokens import (
     DEFAULT_ALGORITHMS,
     Expectations,
@@ -180,7 +181,8 @@ class OIDC(RedirectIdP):
             follow_redirects=False,
         )
         try:
-            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+            with idp_request(self.name, oidc_operation(what)):
+                response = await AsyncHTTPClient().fetch(request, raise_error=False)
         except (OSError, HTTPClientError) as exc:
             raise self._unreachable(what, f"{type(exc).__name__}: {exc}") from None
         if response.code == 599:  # tornado: no HTTP response (connection/timeout)

@@ -35,11 +35,17 @@ class LaunchFailed(Exception):
 
 @dataclass(frozen=True)
 class Started:
-    """Where the hub reaches the server, and what to keep in the spawner's state."""
+    """Where the hub reaches the server, and what to keep in the spawner's state.
+
+    ``phases``: seconds the platform itself spent in named start-up phases (Kubernetes:
+    ``scheduling``, ``image_pull``, ``ready``, from the pod's timestamps), reported as metrics
+    by the spawner; empty when the backend cannot tell.
+    """
 
     host: str
     port: int
     state: Mapping[str, Any] = field(default_factory=dict)
+    phases: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

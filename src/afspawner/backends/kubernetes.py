@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -27,12 +25,16 @@ from afspawner.backends.base import (
     ProgressSink,
     Started,
 )
-from afspawner.capacity import gpu_capacity
+from afspawner.backends.kube_settings import KubeSettings, settings_from_options
+from afspawner.capacity import GPUCounters
 from afspawner.facility import Facility
 from afspawner.kube.client import KubeError, request, shared_api_client
-from afspawner.kube.informer import Informer, shared_informer
+from afspawner.kube.informer import Informer, NamespacedInformers, shared_informer
 from afspawner.kube.lifetime import close_at_shutdown
+from afspawner.kube.permissions import refusal, synced_or_refused
+from afspawner.kube.phases import pod_phases
 from afspawner.kube.reconcile import reconcile_vo_namespaces
+from afspawner.kube.slim import involved_key, slim_event, slim_node, slim_pod
 from afspawner.kube.status import exit_status, pod_failure, pod_ready
 from afspawner.kube.sweep import sweep_once
 from afspawner.manifests import (
@@ -51,19 +53,7 @@ from afspawner.names import pod_name
 from afspawner.quota import Reservation
 
 log = logging.getLogger("afspawner.kubernetes")
-
-
-@dataclass(frozen=True)
-class KubeSettings:
-    namespace: str = "default"
-    kubeconfig: str | None = None
-    image_pull_policy: str = "IfNotPresent"
-    unschedulable_grace: float = 20.0
-    reconcile_quotas: bool = True
-    watch_nodes: bool = True
-    extra_labels: Mapping[str, str] = field(default_factory=dict)
-    sweep_interval: float = 30.0
-    sweep_grace: float = 30.0
+RECHECK_SECONDS = 2.0  # a waiting spawn re-checks its pod this often (unschedulable grace)
 
 
 def _unreachable(exc: BaseException) -> LaunchFailed:
@@ -73,54 +63,6 @@ def _unreachable(exc: BaseException) -> LaunchFailed:
 
 def _selector(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
-_OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
-    "namespace": str,
-    "kubeconfig": str,
-    "image_pull_policy": str,
-    "unschedulable_grace": (int, float),
-    "reconcile_quotas": bool,
-    "watch_nodes": bool,
-    "extra_labels": dict,
-    "sweep_interval": (int, float),
-    "sweep_grace": (int, float),
-}
-
-
-def settings_from_options(options: Mapping[str, Any]) -> KubeSettings:
-    """``c.AFSpawner.backend_options`` → KubeSettings; unknown or mistyped keys are errors."""
-    for key, value in options.items():
-        if key not in _OPTION_TYPES:
-            raise ValueError(
-                f"c.AFSpawner.backend_options.{key}: unknown option of the kubernetes backend; "
-                f"allowed: {', '.join(sorted(_OPTION_TYPES))}"
-            )
-        if not isinstance(value, _OPTION_TYPES[key]) or isinstance(value, bool) != (
-            _OPTION_TYPES[key] is bool
-        ):
-            raise ValueError(
-                f"c.AFSpawner.backend_options.{key}: wrong type {type(value).__name__}"
-            )
-    if options.get("image_pull_policy", "IfNotPresent") not in ("Always", "IfNotPresent", "Never"):
-        raise ValueError(
-            "c.AFSpawner.backend_options.image_pull_policy: Always, IfNotPresent or Never"
-        )
-    for key in ("sweep_interval", "sweep_grace"):
-        if key in options and not options[key] > 0:
-            raise ValueError(f"c.AFSpawner.backend_options.{key}: seconds, more than 0")
-    namespace = options.get("namespace") or os.environ.get("POD_NAMESPACE") or "default"
-    return KubeSettings(
-        namespace=namespace,
-        kubeconfig=options.get("kubeconfig"),
-        image_pull_policy=options.get("image_pull_policy", "IfNotPresent"),
-        unschedulable_grace=float(options.get("unschedulable_grace", 20.0)),
-        reconcile_quotas=options.get("reconcile_quotas", True),
-        watch_nodes=options.get("watch_nodes", True),
-        extra_labels=dict(options.get("extra_labels", {})),
-        sweep_interval=float(options.get("sweep_interval", 30.0)),
-        sweep_grace=float(options.get("sweep_grace", 30.0)),
-    )
 
 
 class KubernetesBackend(Backend):
@@ -134,13 +76,31 @@ class KubernetesBackend(Backend):
         self._setup_lock = asyncio.Lock()
         self._ready = False
         self._capacity_listeners: list[CapacityListener] = []
-        self.pods: Informer
-        self.events: Informer
+        self._gpu = GPUCounters(facility.gpu_classes.values())  # fed by the informers
+        self.pods: NamespacedInformers  # one informer per namespace of _namespaces()
+        self.events: NamespacedInformers  # keyed by the pod they are about
         self.nodes: Informer | None = None
         self.sweep_interval = settings.sweep_interval
 
-    def _all_namespaces(self) -> bool:
-        return any(vo.namespace for vo in self.facility.vos.values())
+    def _namespace_informers(self, api: Any) -> tuple[NamespacedInformers, NamespacedInformers]:
+        """Pod and Pod-event informers, one per namespace servers may run in (never cluster-wide:
+        no cluster-scoped LIST, no cluster RBAC)."""
+        pods, events = {}, {}
+        for ns in self._namespaces():
+            pods[ns] = shared_informer(
+                api,
+                f"/api/v1/namespaces/{ns}/pods",
+                label_selector=_selector(selector_labels()),
+                transform=slim_pod,
+            )
+            events[ns] = shared_informer(
+                api,
+                f"/api/v1/namespaces/{ns}/events",
+                field_selector="involvedObject.kind=Pod",
+                index=involved_key,
+                transform=slim_event,
+            )
+        return NamespacedInformers(pods), NamespacedInformers(events)
 
     def _namespaces(self) -> list[str]:
         """Every namespace servers of this facility may run in."""
@@ -160,7 +120,9 @@ class KubernetesBackend(Backend):
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _unreachable(exc) from exc
         except KubeError as exc:
-            raise LaunchFailed(f"Kubernetes refused the hub's setup: {exc.message}") from exc
+            raise LaunchFailed(
+                f"Kubernetes refused the hub's setup: {refusal(exc.status, exc.message)}"
+            ) from exc
 
     async def _setup(self) -> None:
         async with self._setup_lock:
@@ -169,22 +131,23 @@ class KubernetesBackend(Backend):
             api = await shared_api_client(self.settings.kubeconfig)
             if self.settings.reconcile_quotas:
                 await reconcile_vo_namespaces(api, self.facility)
-            scope = "" if self._all_namespaces() else f"/namespaces/{self.settings.namespace}"
-            self.pods = shared_informer(
-                api, f"/api/v1{scope}/pods", label_selector=_selector(selector_labels())
-            )
-            self.events = shared_informer(
-                api, f"/api/v1{scope}/events", field_selector="involvedObject.kind=Pod"
-            )
+            self.pods, self.events = self._namespace_informers(api)
             waits = [self.pods.wait_synced(), self.events.wait_synced()]
             if self.settings.watch_nodes:
-                self.nodes = shared_informer(api, "/api/v1/nodes")
+                self.nodes = shared_informer(api, "/api/v1/nodes", transform=slim_node)
                 waits.append(self.nodes.wait_synced())
+            if self.nodes is not None:  # the counters first: capacity listeners read them
+                self.pods.add_listener(self._gpu.pod_changed)
+                self.nodes.add_listener(self._gpu.node_changed)
+                self._gpu.seed(self.nodes.values(), self.pods.values())  # shared: may hold some
             for informer in (self.pods, self.nodes):
                 if informer is not None:
                     informer.add_listener(self._capacity_changed)
             close_at_shutdown()
-            await asyncio.wait_for(asyncio.gather(*waits), 60)
+            # a refused LIST (RBAC) fails at once: the informers themselves retry for ever
+            await synced_or_refused(
+                asyncio.gather(*waits), (self.pods, self.events, self.nodes), 60
+            )
             self.api = api
             self._ready = True
             self._capacity_changed("SYNC", {})
@@ -192,11 +155,9 @@ class KubernetesBackend(Backend):
     # -- capacity reports -------------------------------------------------------------------
     def gpu_free(self, gpu_class: str) -> int | None:
         """Units of the class not used or requested by any server pod the informer sees."""
-        gclass = self.facility.gpu_classes.get(gpu_class)
-        if gclass is None or self.nodes is None or not self._ready:
+        if gpu_class not in self.facility.gpu_classes or self.nodes is None or not self._ready:
             return None
-        cap = gpu_capacity(gclass, self.nodes.values(), self.pods.values())
-        return max(cap.total - cap.used - cap.pending, 0)
+        return self._gpu.available(gpu_class)  # O(1): counters kept from informer changes
 
     def watch_capacity(self, listener: CapacityListener) -> None:
         self._capacity_listeners.append(listener)
@@ -232,7 +193,7 @@ class KubernetesBackend(Backend):
         ns, name = settings.namespace, objs.pod["metadata"]["name"]
         state = {"namespace": ns, "pod": name}
         key = f"{ns}/{name}"
-        if key in self.pods.store:
+        if self.pods.get(key) is not None:
             progress(f"Removing a previous server pod {name}")
             await self.stop(state, now=True)
         unsubscribe = self._follow(ns, name, progress, req.gpus_counted)
@@ -250,27 +211,29 @@ class KubernetesBackend(Backend):
             raise
         finally:
             unsubscribe()
-        return Started(pod["status"]["podIP"], req.port, state)
+        return Started(pod["status"]["podIP"], req.port, state, pod_phases(pod))
 
     def _follow(
         self, ns: str, name: str, progress: ProgressSink, counted: Callable[[], None]
     ) -> Callable[[], None]:
-        """Stream the pod's events to ``progress``; call ``counted`` once the informer has it."""
+        """Stream the pod's events to ``progress``; call ``counted`` once the informer has it.
+
+        Keyed listeners: called for this pod's changes and events only, whatever else runs.
+        """
         seen_events: set[str] = set()
+        key = f"{ns}/{name}"
 
         def on_event(kind: str, ev: dict[str, Any]) -> None:
-            inv = ev.get("involvedObject") or {}
             uid = (ev.get("metadata") or {}).get("uid", "")
-            if inv.get("name") == name and inv.get("namespace") == ns and uid not in seen_events:
+            if kind != "DELETED" and uid not in seen_events:
                 seen_events.add(uid)
                 progress(f"{ev.get('reason', '')}: {ev.get('message', '')}".strip(": "))
 
         def on_pod(kind: str, pod: dict[str, Any]) -> None:
-            meta = pod.get("metadata") or {}
-            if kind != "DELETED" and meta.get("name") == name and meta.get("namespace") == ns:
+            if kind != "DELETED":
                 counted()  # gpu_free counts it from now on (pending or bound)
 
-        stops = (self.events.add_listener(on_event), self.pods.add_listener(on_pod))
+        stops = (self.events.watch_key(key, on_event), self.pods.watch_key(key, on_pod))
 
         def unsubscribe() -> None:
             for stop in stops:
@@ -308,13 +271,16 @@ class KubernetesBackend(Backend):
             for secret in secrets:
                 await self._put_secret(owned_by(secret, created))
         except KubeError as exc:
-            raise LaunchFailed(f"Kubernetes refused the server: {exc.message}") from exc
+            raise LaunchFailed(
+                f"Kubernetes refused the server: {refusal(exc.status, exc.message)}"
+            ) from exc
 
     async def _wait_ready(self, key: str, limit: float) -> dict[str, Any]:
+        """Wait for the pod of ``key`` only: woken by its own changes, and every
+        :data:`RECHECK_SECONDS` for the unschedulable grace timer."""
         outcome: dict[str, Any] = {}
 
-        def settled() -> bool:
-            pod = self.pods.store.get(key)
+        def settled(pod: dict[str, Any] | None) -> bool:
             if pod is None:
                 return False
             if pod_ready(pod):
@@ -327,18 +293,18 @@ class KubernetesBackend(Backend):
             return False
 
         async def waiter() -> None:
-            while not settled():
-                # re-check on every informer change, and at least every 2s (grace timers)
+            while not outcome:
                 try:
-                    await asyncio.wait_for(self.pods.wait_for(settled), 2)
+                    async with asyncio.timeout(RECHECK_SECONDS):
+                        await self.pods.wait_key(key, settled)
                 except TimeoutError:
                     continue
-                return
 
         try:
-            await asyncio.wait_for(waiter(), limit)
+            async with asyncio.timeout(limit):
+                await waiter()
         except TimeoutError:
-            pod = self.pods.store.get(key) or {}
+            pod = self.pods.get(key) or {}
             phase = (pod.get("status") or {}).get("phase", "not created")
             raise LaunchFailed(
                 f"the server did not start within the start timeout (pod phase: {phase})"
@@ -349,14 +315,14 @@ class KubernetesBackend(Backend):
 
     async def poll(self, state: Mapping[str, Any]) -> int | None:
         await self.setup()
-        return exit_status(self.pods.store.get(f"{state['namespace']}/{state['pod']}"))
+        return exit_status(self.pods.get(f"{state['namespace']}/{state['pod']}"))
 
     async def find(self, username: str, server_name: str) -> Mapping[str, Any] | None:
         """The server's pod by its deterministic name, in any namespace of the facility."""
         await self.setup()
         name = pod_name(username, server_name)
         for ns in self._namespaces():
-            if f"{ns}/{name}" in self.pods.store:
+            if self.pods.get(f"{ns}/{name}") is not None:
                 return {"namespace": ns, "pod": name}
         return None
 
@@ -395,7 +361,8 @@ class KubernetesBackend(Backend):
                     raise
         key = f"{ns}/{name}"
         try:
-            await asyncio.wait_for(self.pods.wait_for(lambda: key not in self.pods.store), 60)
+            async with asyncio.timeout(60):
+                await self.pods.wait_key(key, lambda pod: pod is None)
         except TimeoutError:
             log.warning("pod %s still present 60s after deletion", key)
 
@@ -404,7 +371,7 @@ class KubernetesBackend(Backend):
         ns, name = state.get("namespace"), state.get("pod")
         if not ns or not name:
             return
-        pod = self.pods.store.get(f"{ns}/{name}")
+        pod = self.pods.get(f"{ns}/{name}")
         if pod is None or exit_status(pod) is not None:
             return  # the server is gone: its Secrets go with it
         meta = pod.get("metadata") or {}

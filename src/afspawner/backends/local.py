@@ -23,17 +23,29 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from afspawner.backends.base import Backend, LaunchFailed, LaunchRequest, ProgressSink, Started
+from afspawner.backends.options import option, options_table, settings_from
 from afspawner.facility import Facility
 from afspawner.plan import LaunchPlan, UserIdentity
 
-_OPTIONS = {"root_dir", "run_as_hub_user", "ip"}
+DEFAULT_ROOT = Path.home() / "af-servers"
 
 
 @dataclass(frozen=True)
 class LocalSettings:
-    root_dir: Path
-    run_as_hub_user: bool = False
-    ip: str = "127.0.0.1"
+    """Options of the local backend (``c.AFSpawner.backend_options``), declared once."""
+
+    root_dir: Path = option(  # noqa: RUF009 - option() returns a dataclasses.field
+        DEFAULT_ROOT, "per-user working directories", shown="`~/af-servers`"
+    )
+    run_as_hub_user: bool = option(
+        False, "run servers as the hub's own user (no isolation: demos only)"
+    )
+    ip: str = option("127.0.0.1", "where servers listen")
+
+
+def local_docs_table() -> str:
+    """The options table of docs/spawner.md ("Local backend options")."""
+    return options_table(LocalSettings)
 
 
 def _free_port(ip: str) -> int:
@@ -89,20 +101,7 @@ class LocalBackend(Backend):
 
     @classmethod
     def create(cls, facility: Facility, options: Mapping[str, Any]) -> Backend:
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise ValueError(
-                f"c.AFSpawner.backend_options.{unknown[0]}: unknown option of the "
-                f"local backend; allowed: {', '.join(sorted(_OPTIONS))}"
-            )
-        root = Path(str(options.get("root_dir", Path.home() / "af-servers")))
-        return cls(
-            LocalSettings(
-                root,
-                bool(options.get("run_as_hub_user", False)),
-                str(options.get("ip", "127.0.0.1")),
-            )
-        )
+        return cls(settings_from(LocalSettings, options, "local"))
 
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings

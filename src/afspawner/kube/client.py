@@ -69,12 +69,14 @@ async def request(
         _request_timeout=request_timeout,
     )
     try:
-        text = await resp.text()
+        body_bytes = await resp.read()
     finally:
         resp.release()
     if not 200 <= resp.status < 300:
-        raise KubeError(resp.status, text)
-    return json.loads(text) if text else None
+        raise KubeError(resp.status, body_bytes.decode("utf-8", "replace"))
+    # Decoded here, not in a thread: json holds the GIL for the whole document, so a thread
+    # would stall the loop just as long. Callers keep documents small (LIST pages, see informer).
+    return json.loads(body_bytes) if body_bytes else None
 
 
 async def stream(

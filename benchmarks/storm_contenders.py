@@ -1,0 +1,398 @@
+"""The three contenders of the spawn storm, driven the way JupyterHub drives a spawner.
+
+- ``floor``: a bare pod POSTed straight to the apiserver and awaited through one shared watch
+  (dispatched by pod name), then the same readiness check as the others;
+- ``afspawner``: :class:`afspawner.spawner.AFSpawner`, Kubernetes backend;
+- ``kubespawner``: ``kubespawner.KubeSpawner`` (7.x) with its defaults.
+
+Spawner objects live without a hub: :func:`hub_spawn` and :func:`hub_stop` make the calls
+``jupyterhub.user.User.spawn``/``stop`` (JupyterHub 6) make, in the same order, through the
+public spawner API (``run_auth_state_hook``, ``apply_group_overrides``, the
+``apply_user_options`` hook, ``run_pre_spawn_hook``, ``start`` within ``start_timeout``, then
+``wait_for_http_server`` on the returned URL; ``stop``, ``clear_state``, ``run_post_stop_hook``).
+What is not done: the hub's database rows, API tokens in the database, the proxy route and the
+periodic ``poll`` (both spawners skip the same work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+import yaml
+from jupyterhub.utils import maybe_future, wait_for_http_server
+from storm_kit import HubStandIn, UserStandIn
+
+HUB = HubStandIn()
+IMAGE = "storm/notebook:1"
+CPU, MEMORY = "1", "1Gi"
+FLOOR_LABELS = {"app.kubernetes.io/name": "storm-floor"}
+FLOOR_CONNECTIONS = 100  # the floor's connection pool (the spawners use their own)
+
+
+@dataclass(frozen=True)
+class StormSettings:
+    server: str
+    ca_path: Path
+    token: str
+    kubeconfig: Path
+    workdir: Path
+    port: int  # the notebook port: the stub answers it on every pod IP
+    start_timeout: float
+    http_timeout: float
+
+
+class Contender(Protocol):
+    name: str
+    namespace: str
+
+    async def prepare(self, tag: str, n: int) -> None:
+        """Make ``n`` users (and spawner objects) for the next storm; not timed."""
+
+    async def spawn(self, i: int) -> None: ...
+
+    async def stop(self, i: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _auth_state(uid: int) -> dict[str, Any]:
+    return {"uid": uid, "gid": 50000, "vos": ["storm"]}
+
+
+def _url(returned: Any) -> str:
+    """What ``User.spawn`` makes of ``start()``'s return value."""
+    if isinstance(returned, str):
+        return returned.rstrip("/")
+    ip, port = returned
+    return f"http://{ip}:{int(port)}"
+
+
+async def hub_spawn(spawner: Any, options: Mapping[str, Any]) -> None:
+    """``User.spawn`` + ``BaseHandler.finish_user_spawn``'s readiness check."""
+    spawner.user_options = dict(options)
+    spawner.clear_state()
+    spawner.api_token = secrets.token_hex(16)
+    spawner._start_pending = True
+    try:
+        await spawner.run_auth_state_hook(await spawner.user.get_auth_state())
+        await spawner.apply_group_overrides()
+        await spawner._run_apply_user_options(spawner.user_options)
+        await maybe_future(spawner.run_pre_spawn_hook())
+        returned = await asyncio.wait_for(maybe_future(spawner.start()), spawner.start_timeout)
+    finally:
+        spawner._start_pending = False
+    spawner.get_state()  # the hub saves it in its database
+    url = f"{_url(returned)}/user/{spawner.user.name}/"
+    await wait_for_http_server(url, timeout=spawner.http_timeout)
+
+
+async def hub_stop(spawner: Any) -> None:
+    """``User.stop``: stop, clear the state, post-stop hook."""
+    spawner._stop_pending = True
+    try:
+        await maybe_future(spawner.stop())
+    finally:
+        spawner._stop_pending = False
+    spawner.clear_state()
+    spawner.get_state()
+    await maybe_future(spawner.run_post_stop_hook())
+
+
+# -- AFSpawner --------------------------------------------------------------------------------
+FACILITY = {
+    "site": {"name": "spawn storm"},
+    "vos": {
+        "storm": {
+            "quota": {"cpu": 100000, "memory": "100000Gi", "servers": 100000},
+            "per_user": {"cpu": 1, "memory": "1Gi", "servers": 1},
+        }
+    },
+    "flavors": [
+        {"name": "storm", "vos": ["storm"], "image": IMAGE, "cpu": 1, "memory": MEMORY,
+         "default": True},
+    ],
+}  # fmt: skip
+
+
+class AFContender:
+    name = "afspawner"
+    namespace = "storm-af"
+
+    def __init__(self, s: StormSettings) -> None:
+        self.s = s
+        self.facility_file = s.workdir / "storm-facility.yaml"
+        self.facility_file.write_text(yaml.safe_dump(FACILITY))
+        self.spawners: list[Any] = []
+
+    async def prepare(self, tag: str, n: int) -> None:
+        from afspawner.spawner import AFSpawner
+
+        self.spawners = [
+            AFSpawner(
+                user=UserStandIn(f"{tag}{i:04d}", 50001 + i, _auth_state(50001 + i)),
+                hub=HUB,
+                oauth_client_id=f"jupyterhub-user-{tag}{i:04d}",
+                facility_file=str(self.facility_file),
+                backend="kubernetes",
+                backend_options={
+                    "kubeconfig": str(self.s.kubeconfig),
+                    "namespace": self.namespace,
+                },
+                uid_sources=["auth_state"],
+                port=self.s.port,
+                start_timeout=int(self.s.start_timeout),
+                http_timeout=int(self.s.http_timeout),
+            )
+            for i in range(n)
+        ]
+
+    async def spawn(self, i: int) -> None:
+        await hub_spawn(self.spawners[i], {"flavor": "storm"})
+
+    async def stop(self, i: int) -> None:
+        await hub_stop(self.spawners[i])
+
+    async def close(self) -> None:
+        self.spawners = []
+
+
+# -- KubeSpawner ------------------------------------------------------------------------------
+class KubeContender:
+    name = "kubespawner"
+    namespace = "storm-kube"
+
+    def __init__(self, s: StormSettings) -> None:
+        self.s = s
+        # kubespawner.clients.load_config reads the default kubeconfig, whose path
+        # kubernetes-asyncio took from $KUBECONFIG when it was imported
+        os.environ["KUBECONFIG"] = str(s.kubeconfig)
+        from kubernetes_asyncio.config import kube_config
+
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(s.kubeconfig)
+        self.spawners: list[Any] = []
+
+    async def prepare(self, tag: str, n: int) -> None:
+        from kubespawner import KubeSpawner  # type: ignore[import-untyped]
+
+        self.spawners = [
+            KubeSpawner(
+                user=UserStandIn(f"{tag}{i:04d}", 50001 + i, _auth_state(50001 + i)),
+                hub=HUB,
+                oauth_client_id=f"jupyterhub-user-{tag}{i:04d}",
+                namespace=self.namespace,
+                image=IMAGE,
+                cmd=["jupyterhub-singleuser"],
+                port=self.s.port,
+                cpu_guarantee=float(CPU),
+                cpu_limit=float(CPU),
+                mem_guarantee="1G",  # 1024**3 bytes, as the Gi of the others
+                mem_limit="1G",
+                start_timeout=int(self.s.start_timeout),
+                http_timeout=int(self.s.http_timeout),
+            )
+            for i in range(n)
+        ]
+
+    async def spawn(self, i: int) -> None:
+        await hub_spawn(self.spawners[i], {})
+
+    async def stop(self, i: int) -> None:
+        await hub_stop(self.spawners[i])
+
+    async def close(self) -> None:
+        self.spawners = []
+        from kubespawner import KubeSpawner
+
+        with contextlib.suppress(Exception):
+            await KubeSpawner._stop_all_reflectors()
+
+
+# -- the floor --------------------------------------------------------------------------------
+def _ready_ip(pod: Mapping[str, Any]) -> str | None:
+    status = pod.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or ()
+    )
+    ip = status.get("podIP")
+    return str(ip) if ready and ip and status.get("phase") == "Running" else None
+
+
+class PodWatch:
+    """One LIST + WATCH of the floor's pods; waiters are woken by pod name only."""
+
+    def __init__(self, session: aiohttp.ClientSession, server: str, namespace: str) -> None:
+        self.session = session
+        selector = ",".join(f"{k}={v}" for k, v in FLOOR_LABELS.items())
+        self.url = f"{server}/api/v1/namespaces/{namespace}/pods?labelSelector={selector}"
+        self.present: dict[str, str | None] = {}  # pod name → IP once ready
+        self._ready: dict[str, asyncio.Future[str]] = {}
+        self._gone: dict[str, asyncio.Future[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        version = await self._list()
+        self._task = asyncio.get_running_loop().create_task(self._watch(version))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _list(self) -> str:
+        async with self.session.get(self.url) as r:
+            r.raise_for_status()
+            body = await r.json()
+        self.present.clear()
+        for pod in body["items"]:
+            self._apply("ADDED", pod)
+        return str(body["metadata"]["resourceVersion"])
+
+    async def _watch(self, version: str) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
+        while True:
+            url = (f"{self.url}&watch=1&allowWatchBookmarks=true&timeoutSeconds=240"
+                   f"&resourceVersion={version}")  # fmt: skip
+            try:
+                async with self.session.get(url, timeout=timeout) as r:
+                    if r.status == 410:
+                        version = await self._list()
+                        continue
+                    buffer = b""
+                    async for chunk in r.content.iter_any():
+                        buffer += chunk
+                        *lines, buffer = buffer.split(b"\n")
+                        for line in lines:
+                            if line.strip():
+                                version = await self._event(json.loads(line), version)
+            except (aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(0.5)
+
+    async def _event(self, event: dict[str, Any], version: str) -> str:
+        obj = event.get("object") or {}
+        if event.get("type") == "ERROR":
+            return await self._list() if obj.get("code") == 410 else version
+        version = str((obj.get("metadata") or {}).get("resourceVersion", version))
+        if event.get("type") != "BOOKMARK":
+            self._apply(str(event.get("type")), obj)
+        return version
+
+    def _apply(self, kind: str, pod: Mapping[str, Any]) -> None:
+        name = str((pod.get("metadata") or {}).get("name"))
+        if kind == "DELETED":
+            self.present.pop(name, None)
+            gone = self._gone.pop(name, None)
+            if gone is not None and not gone.done():
+                gone.set_result(None)
+            return
+        ip = self.present[name] = _ready_ip(pod)
+        if ip is not None:
+            ready = self._ready.pop(name, None)
+            if ready is not None and not ready.done():
+                ready.set_result(ip)
+
+    async def wait_ready(self, name: str) -> str:
+        ip = self.present.get(name)
+        if ip is not None:
+            return ip
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._ready[name] = future
+        return await future
+
+    async def wait_gone(self, name: str) -> None:
+        if name not in self.present:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._gone[name] = future
+        await future
+
+
+class FloorContender:
+    name = "floor"
+    namespace = "storm-floor"
+
+    def __init__(self, s: StormSettings) -> None:
+        self.s = s
+        self.names: list[str] = []
+        self.base = f"{s.server}/api/v1/namespaces/{self.namespace}/pods"
+        self.session: aiohttp.ClientSession | None = None
+        self.watch: PodWatch | None = None
+
+    async def _open(self) -> tuple[aiohttp.ClientSession, PodWatch]:
+        if self.session is None or self.watch is None:
+            ctx = ssl.create_default_context(cafile=str(self.s.ca_path))
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ctx, limit=FLOOR_CONNECTIONS),
+                headers={"Authorization": f"Bearer {self.s.token}"},
+                timeout=aiohttp.ClientTimeout(total=60),
+            )
+            self.watch = PodWatch(self.session, self.s.server, self.namespace)
+            await self.watch.start()
+        return self.session, self.watch
+
+    async def prepare(self, tag: str, n: int) -> None:
+        await self._open()
+        self.names = [f"floor-{tag}{i:04d}" for i in range(n)]
+
+    def _pod(self, name: str) -> dict[str, Any]:
+        resources = {"cpu": CPU, "memory": MEMORY}
+        container = {
+            "name": "notebook",
+            "image": IMAGE,
+            "args": ["jupyterhub-singleuser"],
+            "ports": [{"name": "notebook-port", "containerPort": self.s.port}],
+            "resources": {"requests": resources, "limits": resources},
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": dict(FLOOR_LABELS)},
+            "spec": {
+                "containers": [container],
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+            },
+        }
+
+    async def spawn(self, i: int) -> None:
+        session, watch = await self._open()
+        name = self.names[i]
+        async with session.post(self.base, json=self._pod(name)) as r:
+            if r.status != 201:
+                raise RuntimeError(f"POST pod {name}: {r.status} {await r.text()}")
+        ip = await asyncio.wait_for(watch.wait_ready(name), self.s.start_timeout)
+        url = f"http://{ip}:{self.s.port}/user/{name}/"
+        await wait_for_http_server(url, timeout=self.s.http_timeout)
+
+    async def stop(self, i: int) -> None:
+        session, watch = await self._open()
+        name = self.names[i]
+        async with session.delete(f"{self.base}/{name}") as r:
+            if r.status not in (200, 202, 404):
+                raise RuntimeError(f"DELETE pod {name}: {r.status} {await r.text()}")
+        await asyncio.wait_for(watch.wait_gone(name), self.s.start_timeout)
+
+    async def close(self) -> None:
+        if self.watch is not None:
+            await self.watch.close()
+        if self.session is not None:
+            await self.session.close()
+        self.session = self.watch = None
+
+
+CONTENDERS: dict[str, Callable[[StormSettings], Contender]] = {
+    "floor": FloorContender,
+    "afspawner": AFContender,
+    "kubespawner": KubeContender,
+}

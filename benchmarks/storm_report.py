@@ -1,0 +1,220 @@
+"""Figures of one storm phase, the ratios and targets of issue 9, and the Markdown tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from _common import percentile, table
+
+# issue 9's targets (ratios from one run; nothing asserts them)
+TARGET_RATE = 0.95  # AFSpawner spawns/s ≥ 0.95 x floor
+TARGET_P99 = 1.10  # AFSpawner p99 ≤ 1.10 x floor
+TARGET_SIZES = (200, 1000, 3000)  # where the two above apply
+TARGET_CPU_GROWTH = 1.2  # CPU per spawn at N max within 1.2 x N min
+TARGET_LAG_MS = 100.0  # loop lag max during the storm
+TARGET_WRITES = 2.0  # writes per spawn (Secret + Pod), 0 GET/LIST
+WRITES = ("POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY")
+READS = ("GET", "LIST")
+
+
+@dataclass
+class Phase:
+    """One storm: ``n`` spawns (or stops) of one contender, all started at once."""
+
+    contender: str
+    action: str  # spawn | stop
+    n: int
+    cap: int  # spawns in flight at most (0: no limit)
+    ok: int
+    failed: int
+    not_returned: int  # still running when the phase timeout hit (cancelled)
+    wall_s: float
+    per_s: float
+    p50_s: float
+    p95_s: float
+    p99_s: float
+    max_s: float
+    cpu_ms_per_op: float
+    lag_max_ms: float
+    lag_p99_ms: float
+    ticks: int
+    hub_requests_per_op: dict[str, float] = field(default_factory=dict)
+    # the hub's requests in other contenders' namespaces (their informers, idle meanwhile)
+    hub_requests_elsewhere_per_op: dict[str, float] = field(default_factory=dict)
+    apiserver_requests_per_op: dict[str, float] = field(default_factory=dict)
+    rss_mib_per_1000: float = math.nan
+    blocks_per_1000: float = math.nan
+    traced_mib_per_1000: float = math.nan  # with --tracemalloc
+    errors: dict[str, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+    pods_left: int = 0
+
+
+def latency(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "p50_s": percentile(values, 50),
+        "p95_s": percentile(values, 95),
+        "p99_s": percentile(values, 99),
+        "max_s": max(values) if values else math.nan,
+    }
+
+
+def api_reads_writes(requests: dict[str, float]) -> tuple[float, float]:
+    """(GET+LIST, writes) per op among the hub's apiserver requests (WATCH not counted)."""
+    reads = sum(v for k, v in requests.items() if k.split(" ")[0] in READS)
+    writes = sum(v for k, v in requests.items() if k.split(" ")[0] in WRITES)
+    return reads, writes
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
+
+
+def _find(phases: Iterable[Phase], contender: str, action: str, n: int) -> Phase | None:
+    return next((p for p in phases if (p.contender, p.action, p.n) == (contender, action, n)), None)
+
+
+def ratios(phases: list[Phase]) -> list[dict[str, Any]]:
+    """Per N and action: AF/floor, AF/Kube (rates), p99 AF/floor, and the targets."""
+    out = []
+    sizes = sorted({p.n for p in phases if p.contender == "afspawner"})
+    for action in ("spawn", "stop"):
+        for n in sizes:
+            af, fl = _find(phases, "afspawner", action, n), _find(phases, "floor", action, n)
+            ku = _find(phases, "kubespawner", action, n)
+            assert af is not None
+            row: dict[str, Any] = {
+                "action": action,
+                "n": n,
+                "af_per_floor": _ratio(af.per_s, fl.per_s) if fl else math.nan,
+                "af_per_kube": _ratio(af.per_s, ku.per_s) if ku else math.nan,
+                "p99_af_per_floor": _ratio(af.p99_s, fl.p99_s) if fl else math.nan,
+                "lag_max_ms_af": af.lag_max_ms,
+                "lag_max_ms_kube": ku.lag_max_ms if ku else math.nan,
+            }
+            reads, writes = api_reads_writes(
+                {k: v for k, v in af.hub_requests_per_op.items() if not k.startswith("HTTP")}
+            )
+            row["af_api_reads_per_op"], row["af_api_writes_per_op"] = reads, writes
+            if action == "spawn":
+                row["targets"] = {
+                    "rate >= 0.95 x floor": _met(row["af_per_floor"] >= TARGET_RATE)
+                    if n in TARGET_SIZES
+                    else "n/a",
+                    "p99 <= 1.10 x floor": _met(row["p99_af_per_floor"] <= TARGET_P99)
+                    if n in TARGET_SIZES
+                    else "n/a",
+                    "lag max < 100 ms": _met(af.lag_max_ms < TARGET_LAG_MS),
+                    "0 GET/LIST": _met(reads == 0),
+                    "<= 2 writes": _met(writes <= TARGET_WRITES),
+                }
+            out.append(row)
+    return out
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def cpu_growth(phases: list[Phase]) -> list[dict[str, Any]]:
+    """CPU per spawn at the largest N over the smallest, per contender and action."""
+    out = []
+    for contender in ("floor", "afspawner", "kubespawner"):
+        for action in ("spawn", "stop"):
+            mine = sorted(
+                (p for p in phases if (p.contender, p.action) == (contender, action)),
+                key=lambda p: p.n,
+            )
+            if len(mine) < 2:
+                continue
+            lo, hi = mine[0], mine[-1]
+            growth = _ratio(hi.cpu_ms_per_op, lo.cpu_ms_per_op)
+            out.append(
+                {
+                    "contender": contender,
+                    "action": action,
+                    "n_min": lo.n,
+                    "n_max": hi.n,
+                    "cpu_ms_n_min": lo.cpu_ms_per_op,
+                    "cpu_ms_n_max": hi.cpu_ms_per_op,
+                    "growth": growth,
+                    "target": _met(growth <= TARGET_CPU_GROWTH)
+                    if contender == "afspawner" and action == "spawn"
+                    else "-",
+                }
+            )
+    return out
+
+
+def _requests(requests: dict[str, float], limit: int = 4) -> str:
+    api = [(k, v) for k, v in requests.items() if not k.startswith("HTTP")]
+    return ", ".join(f"{k} {v:.3g}" for k, v in api[:limit]) or "-"
+
+
+def _memory(p: Phase) -> str:
+    rss = f"{p.rss_mib_per_1000:.3g}"
+    return rss if math.isnan(p.traced_mib_per_1000) else f"{rss}; {p.traced_mib_per_1000:.3g}"
+
+
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0f}"
+
+
+def phases_table(phases: list[Phase], action: str) -> str:
+    rows = [
+        (
+            p.n,
+            p.contender,
+            f"{p.ok}/{p.n}" + (f" ({p.not_returned} not returned)" if p.not_returned else ""),
+            p.per_s,
+            p.p50_s,
+            p.p95_s,
+            p.p99_s,
+            p.cpu_ms_per_op,
+            p.lag_max_ms,
+            p.lag_p99_ms,
+            _requests(p.hub_requests_per_op),
+            _memory(p) if action == "spawn" else "-",
+        )
+        for p in phases
+        if p.action == action
+    ]
+    what = "spawns" if action == "spawn" else "stops"
+    return table(
+        ["N", "contender", "ok", f"{what}/s", "p50 s", "p95 s", "p99 s", f"hub CPU ms/{action}",
+         "loop lag max ms", "loop lag p99 ms", f"hub apiserver requests per {action}",
+         "hub MiB per 1000 pods (RSS; traced)"],
+        rows,
+    )  # fmt: skip
+
+
+def ratios_table(rows: list[dict[str, Any]]) -> str:
+    def cell(row: dict[str, Any]) -> str:
+        t = row.get("targets")
+        return ", ".join(f"{k}: {v}" for k, v in t.items() if v != "n/a") if t else "-"
+
+    return table(
+        ["action", "N", "AF/floor (rate)", "AF/Kube (rate)", "p99 AF/floor",
+         "lag max AF / Kube ms", "AF GET+LIST, writes per op", "targets (AFSpawner)"],
+        [
+            (r["action"], r["n"], r["af_per_floor"], r["af_per_kube"], r["p99_af_per_floor"],
+             f"{_ms(r['lag_max_ms_af'])} / {_ms(r['lag_max_ms_kube'])}",
+             f"{r['af_api_reads_per_op']:.3g}, {r['af_api_writes_per_op']:.3g}", cell(r))
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
+def growth_table(rows: list[dict[str, Any]]) -> str:
+    return table(
+        ["contender", "action", "N min → N max", "CPU ms/op at N min", "at N max", "growth",
+         "target ≤ 1.2 (AF spawn)"],
+        [
+            (r["contender"], r["action"], f"{r['n_min']} → {r['n_max']}", r["cpu_ms_n_min"],
+             r["cpu_ms_n_max"], r["growth"], r["target"])
+            for r in rows
+        ],
+    )  # fmt: skip
