@@ -27,17 +27,19 @@ from jupyterhub.auth import Authenticator
 from jupyterhub.crypto import CryptKeeper
 from jupyterhub.utils import url_path_join
 from tornado import web
-from traitlets import Bool, Dict, Integer, List, Set, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, List, Set, Unicode, default
 
+from afauth import scrub, unattended
 from afauth.bindings import Binding, BindingStore
 from afauth.config import AuthConfig, build_config
 from afauth.errors import AuthFailure
-from afauth.handlers import completes_redirect_flow, handlers
+from afauth.handlers import completes_redirect_flow, handlers, set_notice
 from afauth.identity import Identity
 from afauth.idps import IdentityProvider, PasswordIdP, RedirectIdP
 from afauth.mapping import Mapped, map_identity
 from afauth.metrics import failure_reason, record_login, tag
-from afauth.refresh import Refreshed, RefreshGate, keep_during_outage
+from afauth.refresh import REAUTH_KEY, Refreshed, RefreshGate, Refresher, keep_during_outage
+from afauth.renewal import Outcome
 from afauth.state import build_auth_state, identity_from_state
 from afauth.usernames import DEFAULT_MAX_LENGTH
 from afcore.issues import ConfigError, ConfigIssue
@@ -81,6 +83,20 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
     refresh_margin = Integer(
         600, help="refresh_user renews OIDC tokens expiring within this many seconds."
     ).tag(config=True)
+    refresh_running_servers = Bool(
+        True,
+        help="Renew the OIDC tokens of users with running servers before they expire, whether "
+        "or not the user visits the hub, and hand them to the servers.",
+    ).tag(config=True)
+    refresh_interval = Float(30, help="Seconds between two passes of the token refresher.").tag(
+        config=True
+    )
+    refresh_batch = Integer(200, help="Most users the token refresher renews per pass.").tag(
+        config=True
+    )
+    refresh_concurrency = Integer(8, help="Renewals the token refresher runs at once.").tag(
+        config=True
+    )
     login_timeout = Integer(600, help="Seconds a started sign-in stays valid.").tag(config=True)
     binding_db = Unicode(help="SQLite file of name bindings; default next to the hub db.").tag(
         config=True
@@ -113,6 +129,8 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
         super().__init__(**kwargs)
         self._used_states: dict[str, float] = {}
         self._refresh_gate = RefreshGate()
+        self.refresher: Refresher | None = None
+        scrub.install()
         #: The validated configuration: IdPs, mappers, managed roles, links, known VOs.
         self.auth_config: AuthConfig = self._build_config(extra_checks=self._check_hub_settings)
         self.bindings = BindingStore(self.binding_db)
@@ -142,6 +160,11 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
             issues.append(ConfigIssue("manage_roles", "mapping rules grant roles: set True"))
         if self.username_max_length < 3 or self.username_max_length > 128:
             issues.append(ConfigIssue("username_max_length", "must be between 3 and 128"))
+        if not self.refresh_interval > 0:
+            issues.append(ConfigIssue("refresh_interval", "seconds, more than 0"))
+        for key in ("refresh_margin", "refresh_batch", "refresh_concurrency"):
+            if getattr(self, key) < 1:
+                issues.append(ConfigIssue(key, "must be at least 1"))
 
     def _build_config(self, **extra: Any) -> AuthConfig:
         return build_config(
@@ -178,6 +201,9 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
         return found[0] if len(found) == 1 else None
 
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
+        """The login routes. JupyterHub calls this once, at start, with itself: the token
+        refresher of running servers starts here (it reads ``app.users``)."""
+        self.start_refresher(app)
         return handlers()
 
     def login_url(self, base_url: str) -> str:
@@ -286,6 +312,8 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
                 self._check_binding(binding, key[0], key, auth_model["name"])
             except AuthFailure as exc:
                 raise tag(web.HTTPError(exc.status, exc.message), "binding") from None
+        if self.refresher is not None:  # a new login of a user whose servers run
+            self.refresher.note(auth_model["name"], state.get("expires_at"))
         return model
 
     def map_identity(self, identity: Identity) -> Mapped:
@@ -379,9 +407,33 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
         """
         if not self.enable_auth_state:
             return True
-        return await self._refresh_gate.run(
-            user.name, user.get_auth_state, lambda state: self._refresh(user, state)
-        )
+        notice: list[str] = []
+
+        async def refresh(state: Mapping[str, Any]) -> Refreshed:
+            if state.get(REAUTH_KEY):  # the refresher found the session revoked
+                notice.append(str(state[REAUTH_KEY]))
+                return False
+            return await self._refresh(user, state)
+
+        result = await self._refresh_gate.run(user.name, user.get_auth_state, refresh)
+        if result is False:
+            self._refused_refresh(user, handler, notice[0] if notice else "")
+        elif isinstance(result, dict) and self.refresher is not None:
+            self.refresher.note(user.name, result["auth_state"].get("expires_at"))
+        return result
+
+    def _refused_refresh(self, user: Any, handler: Any, notice: str) -> None:
+        """Before JupyterHub sends the person to the login page: avoid its traceback, and
+        leave the login page a message when the token refresher ended the session."""
+        if handler is None:
+            return
+        if not hasattr(handler, "_token_authenticated"):
+            # JupyterHub 6.1.1 BaseHandler.refresh_auth reads self._token_authenticated, which
+            # only token-authenticated requests set: a refused refresh of a cookie-authenticated
+            # request would log "'HomeHandler' object has no attribute '_token_authenticated'".
+            handler._token_authenticated = False
+        if notice and getattr(handler, "_jupyterhub_user", None) is user:
+            set_notice(handler, notice)
 
     async def _refresh(self, user: Any, state: Mapping[str, Any]) -> Refreshed:
         idp = self.idp(str(state.get("idp", "")))
@@ -406,6 +458,22 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
         if not (self.allow_all or self.check_allowed(user.name, model)):
             return False
         return model
+
+    # -- the tokens of running servers (afauth.unattended) ---------------------------------------
+
+    def start_refresher(self, app: Any) -> Refresher | None:
+        """Start the token refresher of running servers (``refresh_running_servers``) on
+        ``app``, the JupyterHub application (its ``users`` and their ``spawners``)."""
+        if not (self.refresh_running_servers and self.enable_auth_state):
+            return None
+        if self.refresher is None:
+            self.refresher = unattended.refresher(self, app)
+        self.refresher.start()
+        return self.refresher
+
+    async def renew_for_servers(self, user: Any) -> Outcome:
+        """Renew ``user``'s tokens now for its running servers (see :mod:`afauth.unattended`)."""
+        return await unattended.renew_for_servers(self, user)
 
     async def load_managed_roles(self) -> list[dict[str, Any]]:
         if not self.manage_roles:

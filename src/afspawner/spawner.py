@@ -23,13 +23,15 @@ from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
 from afspawner import metrics, pipeline
 from afspawner.admission import WaitSettings
 from afspawner.backends import Backend, LaunchFailed, LaunchRequest, Started, backends
+from afspawner.culling import NOTICE_KEY, notice_html
 from afspawner.facility import Facility
 from afspawner.form import options_form, options_from_form
+from afspawner.hubcull import attach as attach_culling
 from afspawner.hubview import HubView
 from afspawner.plan import LaunchPlan, UserIdentity
 from afspawner.policy import PolicySettings, Refusal, UserContext, parse_options
 from afspawner.runtime import Runtime, create_runtime, get_runtime
-from afspawner.uid import PoolSettings, resolve_identity
+from afspawner.uid import PoolSettings, SourceConfig, resolve_identity, source_config, sources_for
 
 
 def _digest(token: str) -> str:
@@ -85,6 +87,22 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         default_value=[60000, 64999], config=True, help="First and last uid of the account pool."
     )
     uid_pool_gid = Integer(60000, config=True, help="gid of pool accounts.")
+    uid_sources_by_idp = Dict(
+        config=True,
+        help="IdP name (auth_state 'idp') → uid sources for its users, instead of uid_sources.",
+    )
+    uid_source_rules = List(
+        Dict(),
+        config=True,
+        help="Rules {idp, groups, claims, sources}; the first that matches the login decides "
+        "the uid sources (before uid_sources_by_idp).",
+    )
+    idle_check_interval = Float(
+        60,
+        config=True,
+        help="Seconds between two checks of the facility's idle and lifetime limits "
+        "(0: the hub does not enforce them).",
+    )
     allow_root = Bool(False, config=True, help="Allow servers to run as uid/gid 0.")
     gpu_wait = Enum(
         ["refuse", "queue"],
@@ -141,9 +159,23 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         self._event_signal = asyncio.Event()
         self._login_state: Mapping[str, Any] | None = None
         self._admitted: tuple[LaunchPlan, Mapping[str, Any]] | None = None
+        self._stop_notice: dict[str, str] | None = None  # why the hub stopped the last server
+        self._uid_config: SourceConfig | None = None
         if self.facility_file:
             # configuration errors surface now, not at the first spawn
             self._attach(self.runtime)
+            self.uid_config()
+
+    def uid_config(self) -> SourceConfig:
+        """``uid_sources``, ``uid_sources_by_idp``, ``uid_source_rules``, checked (ConfigError)."""
+        if self._uid_config is None:
+            self._uid_config = source_config(
+                self.uid_sources,
+                self.uid_sources_by_idp,
+                self.uid_source_rules,
+                bool(self.uid_pool_file),
+            )
+        return self._uid_config
 
     def _attach(self, rt: Runtime) -> None:
         """Give the runtime the hub's view of its servers, and start its sweep."""
@@ -155,6 +187,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         if isinstance(rt.hub_view, HubView):
             rt.hub_view.add(self)
         rt.start_sweeping()
+        attach_culling(rt, self, float(self.idle_check_interval))
 
     # -- who is spawning ---------------------------------------------------------------------
     async def _auth_state(self) -> Mapping[str, Any]:
@@ -182,7 +215,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
             rt = spawner.runtime
             with contextlib.suppress(LaunchFailed):  # the catalog shows what is known
                 await rt.ensure_restored()
-            return options_form(
+            return notice_html(spawner._stop_notice) + options_form(
                 rt.facility, user, rt.admission.available, rt.ledger.usage, spawner.gpu_wait
             )
 
@@ -279,6 +312,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         if token is not None:
             self._state["token_sha"] = _digest(token)
         metrics.record_outcome("success", plan)
+        self._stop_notice = None
         self._progress(f"Server running ({plan.flavor})")
         return started.host, started.port
 
@@ -310,17 +344,20 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         return plan, auth_state
 
     async def _identity(self, rt: Runtime, auth_state: Mapping[str, Any]) -> UserIdentity:
-        """The POSIX identity: auth_state and the static map at once, the pool in a thread."""
-        quick = [s for s in self.uid_sources if s != "pool"]
-        first_pool = list(self.uid_sources).index("pool") if "pool" in self.uid_sources else None
+        """The POSIX identity: auth_state and the static map at once, the pool in a thread.
+
+        Which sources, in which order, depends on the login (``uid.sources_for``)."""
+        sources = list(sources_for(self.uid_config(), auth_state))
+        quick = [s for s in sources if s != "pool"]
+        first_pool = sources.index("pool") if "pool" in sources else None
         if first_pool is None or rt.pool is None:
             return resolve_identity(self.user.name, quick, auth_state, rt.static_ids, None)
         with contextlib.suppress(Refusal):  # sources before the pool, without a thread
-            before = list(self.uid_sources)[:first_pool]
+            before = sources[:first_pool]
             if before:
                 return resolve_identity(self.user.name, before, auth_state, rt.static_ids, None)
         return await asyncio.to_thread(
-            resolve_identity, self.user.name, self.uid_sources, auth_state, rt.static_ids, rt.pool
+            resolve_identity, self.user.name, sources, auth_state, rt.static_ids, rt.pool
         )
 
     def _request(self, plan: LaunchPlan, token: str | None) -> LaunchRequest:
@@ -405,10 +442,17 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         rt.ledger.release(self.user.name, self.name)
         self._state = {}
 
+    def note_stop(self, notice: Mapping[str, str]) -> None:
+        """Why the hub is stopping this server (``afspawner.hubcull``): saved with the state,
+        shown on the spawn page until the next start."""
+        self._stop_notice = dict(notice)
+
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()
         if self._state:
             state["af"] = dict(self._state)
+        if self._stop_notice:  # kept by clear_state: the server is stopped, the reason stays
+            state[NOTICE_KEY] = dict(self._stop_notice)
         return state
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -416,6 +460,9 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         af = state.get("af")
         if isinstance(af, Mapping):
             self._state = dict(af)
+        notice = state.get(NOTICE_KEY)
+        if isinstance(notice, Mapping):
+            self._stop_notice = {str(k): str(v) for k, v in notice.items()}
 
     def clear_state(self) -> None:
         super().clear_state()
