@@ -38,7 +38,7 @@ from afauth.identity import Identity
 from afauth.idps import IdentityProvider, PasswordIdP, RedirectIdP
 from afauth.mapping import Mapped, map_identity
 from afauth.metrics import failure_reason, record_login, tag
-from afauth.refresh import REAUTH_KEY, Refreshed, RefreshGate, Refresher, keep_during_outage
+from afauth.refresh import REAUTH_KEY, Refreshed, Refresher, RefreshGate, keep_during_outage
 from afauth.renewal import Outcome
 from afauth.state import build_auth_state, identity_from_state
 from afauth.usernames import DEFAULT_MAX_LENGTH

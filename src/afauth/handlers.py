@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import time
+from http.client import responses
 from typing import Any, ClassVar, Protocol
 from urllib.parse import quote, urlencode
 
@@ -150,7 +151,38 @@ def render_login(
     )
 
 
-class AFLoginHandler(LoginHandler):  # type: ignore[misc]
+NOTICE_COOKIE = "afauth-notice"
+
+
+def set_notice(handler: BaseHandler, message: str) -> None:
+    """Leave the login page ``message`` (why the session ended), in a signed cookie, unless
+    this request already carries it (the login page shows it once)."""
+    if handler.get_cookie(NOTICE_COOKIE) is None:
+        handler.set_secure_cookie(
+            NOTICE_COOKIE, message[:512], expires_days=1, path=handler.hub.base_url
+        )
+
+
+def take_notice(handler: BaseHandler) -> str:
+    """The message :func:`set_notice` left, once ("" when none)."""
+    raw = handler.get_secure_cookie(NOTICE_COOKIE, max_age_days=1)
+    if handler.get_cookie(NOTICE_COOKIE) is not None:
+        handler.clear_cookie(NOTICE_COOKIE, path=handler.hub.base_url)
+    return raw.decode("utf-8", "replace") if raw else ""
+
+
+class OneMessage:
+    """JupyterHub's error page shows an HTTPError without a ``reason`` twice (as the heading
+    and as the text): give it the standard phrase ("Forbidden") as the heading."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = (kwargs.get("exc_info") or (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and not exc.reason:
+            exc.reason = responses.get(status_code, "Error")
+        super().write_error(status_code, **kwargs)  # type: ignore[misc]
+
+
+class AFLoginHandler(OneMessage, LoginHandler):  # type: ignore[misc]
     """``/hub/login``: the page listing every visible IdP (and JupyterHub's POST for one
     password IdP, so scripted logins keep working)."""
 
@@ -158,9 +190,10 @@ class AFLoginHandler(LoginHandler):  # type: ignore[misc]
         self, login_error: str | None = None, username: str | None = None, **kw: Any
     ) -> Any:
         single = self.authenticator.single_password_idp()
+        notice = take_notice(self)
         return render_login(
             self,
-            error=login_error or "",
+            error=login_error or notice,
             error_idp=single.name if (single and login_error) else "",
             username=username or "",
             **kw,
@@ -174,7 +207,7 @@ def _idp(handler: BaseHandler, name: str) -> IdentityProvider:
     return idp
 
 
-class IdPLoginHandler(BaseHandler):  # type: ignore[misc]
+class IdPLoginHandler(OneMessage, BaseHandler):  # type: ignore[misc]
     """``/hub/login/<idp>``: start an OIDC flow, or sign in with a password."""
 
     async def _show_login(self, status: int = 200, **kw: str) -> None:
@@ -236,7 +269,7 @@ class IdPLoginHandler(BaseHandler):  # type: ignore[misc]
         self.redirect(next_url or self.get_next_url(user))
 
 
-class CallbackHandler(BaseHandler):  # type: ignore[misc]
+class CallbackHandler(OneMessage, BaseHandler):  # type: ignore[misc]
     """``/hub/login/<idp>/callback``: check state, exchange the code, sign the user in."""
 
     #: See :func:`completes_redirect_flow`: only this handler may finish an OIDC sign-in.

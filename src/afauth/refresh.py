@@ -105,6 +105,7 @@ class Refresher:
         concurrency: int = 8,
         clock: Callable[[], float] = time.time,
         log: logging.Logger | None = None,
+        alive: Callable[[], bool] = lambda: True,
     ) -> None:
         self.timing = timing
         self.schedule = Schedule(timing)
@@ -112,6 +113,7 @@ class Refresher:
         self._renew = renew
         self._limit = asyncio.Semaphore(max(1, concurrency))
         self._clock = clock
+        self._alive = alive
         self.log = log or logging.getLogger("afauth.refresh")
         self._task: asyncio.Task[None] | None = None
         #: counts of outcomes since start, for tests and the docs' timeline
@@ -146,8 +148,9 @@ class Refresher:
         return names
 
     async def _loop(self) -> None:
-        """Until cancelled (JupyterHub cancels every task at shutdown); errors are retried."""
-        while True:
+        """Until cancelled (JupyterHub cancels every task at shutdown) or the hub is gone;
+        errors are retried."""
+        while self._alive():
             try:
                 await self.tick()
             except asyncio.CancelledError:

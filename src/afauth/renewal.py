@@ -15,11 +15,12 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-#: ``renewed``: new tokens (or another caller's fresh ones); ``idle``: nothing to renew (no
-#: access or refresh token, an LDAP login, a session that must sign in again);
+#: ``renewed``: new tokens (or another caller's fresh ones); ``valid``: the token is not
+#: due yet (first look at a user); ``idle``: nothing to renew (no access or refresh token, an
+#: LDAP login, a session that must sign in again);
 #: ``outage``: the IdP did not answer (retry with backoff); ``revoked``: the IdP refused the
 #: refresh token, or the person may no longer use the hub (tokens removed from the servers).
-Kind = Literal["renewed", "idle", "outage", "revoked"]
+Kind = Literal["renewed", "valid", "idle", "outage", "revoked"]
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,14 @@ def renew_at(expires_at: float, lifetime: float | None, margin: float) -> float:
     return expires_at - max(lead, 0.0)
 
 
+def is_due(expires_at: float, lifetime: float | None, margin: float, now: float) -> bool:
+    """Whether a token expiring at ``expires_at`` must be renewed at ``now``."""
+    return now >= renew_at(expires_at, lifetime, margin)
+
+
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Seconds before try number ``attempt`` (1, 2, ...) while the IdP is down: ``base``,
-    2×, 4×, ... never more than ``cap``."""
+    twice that, four times, ... never more than ``cap``."""
     return float(min(cap, base * 2 ** min(max(attempt - 1, 0), 30)))
 
 
@@ -68,7 +74,7 @@ def next_check(outcome: Outcome, attempts: int, now: float, timing: Timing) -> t
     if outcome.kind == "outage":
         attempts += 1
         return max(soonest, now + backoff(attempts, timing.interval, timing.backoff_cap)), attempts
-    if outcome.kind == "renewed" and outcome.expires_at is not None:
+    if outcome.kind in ("renewed", "valid") and outcome.expires_at is not None:
         return max(soonest, renew_at(outcome.expires_at, outcome.lifetime, timing.margin)), 0
     return max(soonest, now + timing.recheck), 0
 

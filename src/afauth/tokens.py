@@ -7,6 +7,7 @@ Nothing here does I/O; the OIDC IdP fetches discovery and JWKS documents and han
 from __future__ import annotations
 
 import hmac
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,23 @@ class TokenError(Exception):
 
 class UnknownKeyError(TokenError):
     """The id_token names a key (``kid``) that is not in the JWKS we have."""
+
+
+class KeyNotKnownYet(TokenError):
+    """The id_token names a key we do not have, and the JWKS was fetched too recently to ask
+    again (``jwks_refetch_interval``): the IdP may have just rotated its keys."""
+
+    def __init__(self, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            "key_not_known_yet",
+            f"the signing key is not known yet; retry in {_duration(seconds)}",
+        )
+        self.retry_after = float(seconds)
+
+
+def _duration(seconds: int) -> str:
+    return "a minute" if seconds <= 60 else f"{(seconds + 59) // 60} minutes"
 
 
 def forbidden_algorithm(alg: str) -> bool:

@@ -20,7 +20,7 @@ from tornado import web
 
 from afauth.errors import AuthFailure
 from afauth.refresh import REAUTH_KEY, Refreshed, Refresher
-from afauth.renewal import Outcome, Timing
+from afauth.renewal import Outcome, Timing, is_due
 
 
 def refresher(auth: Any, app: Any) -> Refresher:
@@ -41,8 +41,19 @@ def refresher(auth: Any, app: Any) -> Refresher:
     async def renew(name: str) -> Outcome:
         return await renew_for_servers(auth, app.users[name])
 
+    cls = type(app)
+    singleton = bool(getattr(cls, "initialized", lambda: False)()) and cls.instance() is app
+
+    def alive() -> bool:  # a hub that was the running instance and was cleared: stop
+        return not singleton or (cls.initialized() and cls.instance() is app)
+
     return Refresher(
-        timing, running, renew, concurrency=int(auth.refresh_concurrency), log=auth.log
+        timing,
+        running,
+        renew,
+        concurrency=int(auth.refresh_concurrency),
+        log=auth.log,
+        alive=alive,
     )
 
 
@@ -75,8 +86,13 @@ async def _renew(
     """One renewal without a request (inside the gate): the outcome and the new model."""
     if state.get(REAUTH_KEY) or not state.get("access_token"):
         return Outcome("idle"), None  # nothing to renew (LDAP, or already signed out)
-    idp = auth.idp(str(state.get("idp", "")))
     began = time.time()
+    expires_at = state.get("expires_at")
+    if isinstance(expires_at, int | float) and not is_due(
+        float(expires_at), None, float(auth.refresh_margin), began
+    ):
+        return Outcome("valid", float(expires_at)), None  # first look, or renewed by a visit
+    idp = auth.idp(str(state.get("idp", "")))
     try:
         if idp is None:
             raise AuthFailure(
@@ -98,7 +114,7 @@ async def _renew(
             return Outcome("outage"), None
         message, detail = exc.message, exc.detail or exc.message
     except web.HTTPError as exc:
-        message = detail = exc.get_message()
+        message = detail = exc.get_message() or "You can no longer use this hub."
     else:
         await apply_model(auth, user, model)
         new = model["auth_state"]

@@ -120,16 +120,17 @@ def attach(runtime: Any, spawner: Any, interval: float) -> None:
     runtime.start_culling(HubCuller(settings, db, runtime.facility), interval)
 
 
-def stop_notices(user: Any) -> str:
-    """For ``c.JupyterHub.template_vars = {"announcement_home": stop_notices}``: why the
-    hub stopped the user's servers that are still stopped (HTML, '' when none)."""
+def stop_notices(user: Any) -> str | None:
+    """For ``c.JupyterHub.template_vars = {"announcement_home": stop_notices}``: why the hub
+    stopped the user's servers that are still stopped (HTML), or None, so that the home page
+    shows the site's general ``announcement`` instead."""
     orm_user = getattr(user, "orm_user", None)
     if orm_user is None:
-        return ""
+        return None
     messages = []
     for sp in orm_user.orm_spawners.values():
         state = sp.state if isinstance(sp.state, Mapping) else {}
         message = notice_message(state.get(NOTICE_KEY))
         if message and sp.server_id is None:
             messages.append(html.escape(message))
-    return "<br>".join(messages)
+    return "<br>".join(messages) or None

@@ -411,10 +411,19 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         token = auth_state.get("access_token") if self.pass_bearer_token else None
         return token if isinstance(token, str) and token else None
 
-    async def _sync_token(self, rt: Runtime) -> None:
-        """Rewrite the server's token file when the hub has refreshed the token."""
-        token = self._bearer_token(await self._auth_state())
-        if token is None or _digest(token) == self._state.get("token_sha"):
+    async def auth_state_updated(self, auth_state: Mapping[str, Any]) -> None:
+        """The hub saved a new auth_state for this user (afauth's token refresher, see
+        docs/auth_state.md): give the running server its new token now, or remove it."""
+        if self._state and "token_sha" in self._state:
+            await self._sync_token(self.runtime, auth_state)
+
+    async def _sync_token(self, rt: Runtime, auth_state: Mapping[str, Any] | None = None) -> None:
+        """Rewrite the server's token file when the hub has refreshed the token; empty it
+        when the auth_state has none any more (the IdP revoked the session)."""
+        state = await self._auth_state() if auth_state is None else auth_state
+        token = self._bearer_token(state) or ""
+        digest = _digest(token) if token else ""
+        if digest == self._state.get("token_sha"):
             return
         try:
             await rt.backend.update_token(self._state, token)
@@ -423,8 +432,9 @@ class AFSpawner(Spawner):  # type: ignore[misc]
                 "could not update the token of %s: %s", self._log_name, type(exc).__name__
             )
             return
-        self._state["token_sha"] = _digest(token)
-        self.log.info("refreshed the bearer token of %s", self._log_name)
+        self._state["token_sha"] = digest
+        done = "refreshed" if token else "removed"
+        self.log.info("%s the bearer token of %s", done, self._log_name)
 
     async def _remove_leftovers(self, rt: Runtime) -> None:
         rt.ledger.release(self.user.name, self.name)

@@ -73,9 +73,10 @@ async def test_tokens_and_passwords_never_reach_the_logs(
         await hub.password_login(hub.browser(), "fnal", "alice", "bad-pw-0x5eed")
         await hub.password_login(hub.browser(), "fnal", "alice", "alice-password")
         browser = hub.browser()
-        callback = await hub.authorize(
-            browser, await hub.start(browser, "iam"), "cmsuser", "cmsuser-pw"
-        )
+        authorize = await hub.start(browser, "iam")
+        asked = parse_qs(urlsplit(authorize).query)  # logged by the hub's redirect line
+        secrets += [asked["nonce"][0], asked["state"][0], asked["code_challenge"][0]]
+        callback = await hub.authorize(browser, authorize, "cmsuser", "cmsuser-pw")
         secrets.append(parse_qs(urlsplit(callback).query)["code"][0])
         assert (await hub.callback(browser, callback)).status_code == 302
         state = await hub.auth_state("cmsuser")
@@ -94,6 +95,7 @@ async def test_tokens_and_passwords_never_reach_the_logs(
     texts += [logging.Formatter().format(r) for r in records]
     texts += [str(r.exc_info[1]) for r in records if r.exc_info]
     assert len(records) > 50  # the hub really logged (DEBUG)
+    assert any("nonce=[secret]" in t for t in texts)  # the redirect line, scrubbed
     for secret in secrets:
         assert len(secret) > 8
         leaked = [t for t in texts if secret in t]

@@ -25,6 +25,7 @@ from afauth.metrics import idp_request, oidc_operation
 from afauth.tokens import (
     DEFAULT_ALGORITHMS,
     Expectations,
+    KeyNotKnownYet,
     TokenError,
     UnknownKeyError,
     forbidden_algorithm,
@@ -273,8 +274,15 @@ class OIDC(RedirectIdP):
         try:
             return verify_id_token(id_token, await self.jwks(), expect)
         except UnknownKeyError:
+            fetched = self._jwks_at
             keys = await self.jwks(refetch=True)
-            return verify_id_token(id_token, keys, expect)
+            try:
+                return verify_id_token(id_token, keys, expect)
+            except UnknownKeyError:
+                if self._jwks_at != fetched:  # asked again: the IdP really does not publish it
+                    raise
+                wait = float(self.opt("jwks_refetch_interval")) - (time.monotonic() - fetched)
+                raise KeyNotKnownYet(wait) from None
 
     # -- the flow ------------------------------------------------------------------------------
 
@@ -347,6 +355,14 @@ class OIDC(RedirectIdP):
         if isinstance(id_token, str) and id_token:
             try:
                 id_claims = await self.verify(id_token, expect)
+            except KeyNotKnownYet as exc:  # transient: 503, the session is kept meanwhile
+                self.log.warning("%s: id_token refused: %s", self.name, exc.reason)
+                raise AuthFailure(
+                    f"{self.display_name} signed its answer with a key this hub does not know "
+                    f"yet ({exc.message}).",
+                    detail=f"id_token refused ({exc.reason})",
+                    status=503,
+                ) from None
             except TokenError as exc:
                 self.log.warning("%s: id_token refused: %s", self.name, exc.reason)
                 raise AuthFailure(

@@ -97,7 +97,8 @@ class Backend(ABC):
         """Stop the server and remove what was created for it (idempotent)."""
 
     async def update_token(self, state: Mapping[str, Any], token: str) -> None:
-        """Replace the bearer token a running server sees (after the hub refreshed it)."""
+        """Replace the bearer token a running server sees (after the hub refreshed it);
+        ``""``: remove it (the IdP revoked the session)."""
         return None
 
     async def running(self) -> list[Reservation]:

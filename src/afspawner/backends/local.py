@@ -71,8 +71,12 @@ def _write_token(path: Path, token: str, owner: tuple[int, int] | None) -> None:
 
 
 def _rewrite_token(path: Path, token: str) -> None:
-    """Replace an existing token file, keeping its owner."""
-    st = path.stat()
+    """Replace the token file, keeping its owner (the server's directory's when it was
+    removed); ``""``: remove it."""
+    if not token:
+        path.unlink(missing_ok=True)
+        return
+    st = path.stat() if path.exists() else path.parent.stat()
     _write_token(path, token, (st.st_uid, st.st_gid) if os.geteuid() == 0 else None)
 
 
