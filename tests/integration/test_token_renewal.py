@@ -11,6 +11,7 @@ file is removed and the next visit lands on the login page with the reason.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import sys
@@ -26,12 +27,26 @@ import yaml
 from jupyterhub.tests.utils import auth_header
 from jupyterhub.utils import url_path_join
 
+from afspawner.backends.base import LaunchRequest
+from afspawner.backends.local import LocalBackend, LocalSettings
+from afspawner.plan import LaunchPlan, UserIdentity
 from integration.authhub import AuthHub, auth_hub
+from integration.spawnkit import (
+    facility,
+    kube_http,
+    make_user,
+    new_namespace,
+    request_spawn,
+    spawn_result,
+    stop_server,
+)
 from integration.test_auth_oidc import af_config, userinfo_status
 from testbed.oidc.fixtures import oidc_testbed
+from testbed.k8s import KubeCluster
 from testbed.oidc.provider import OIDCTestbed
+from testbed.podstub import PodStub
 
-pytestmark = [pytest.mark.oidc, pytest.mark.hub]
+pytestmark = [pytest.mark.hub]
 
 __all__ = ["auth_hub", "oidc_testbed"]
 
@@ -243,3 +258,64 @@ async def test_refusal_pages_show_the_message_once(
     assert page.status_code == 400
     assert page.text.count(message) == 1, page.text[:3000]
     assert "400 : Bad Request" in page.text
+
+
+# -- the spawner side: the hook and the backends' "remove" ---------------------------------------
+
+
+async def test_local_token_file_is_removed_and_comes_back(tmp_path: Path) -> None:
+    backend = LocalBackend(LocalSettings(tmp_path, run_as_hub_user=True))
+    ident = UserIdentity("tina", 50010, 5063)
+    plan = LaunchPlan("tina", "", None, "f", "local", 1000, 2**30, None, None, ident)
+    script = [sys.executable, "-c", "import time; time.sleep(60)"]
+    req = LaunchRequest(plan, script, [], {}, 0, 30, bearer_token="tok-1")
+    started = await backend.launch(req, lambda m: None)
+    try:
+        path = Path(started.state["token_file"])
+        assert path.read_text() == "tok-1"
+        await backend.update_token(started.state, "")
+        assert not path.exists()
+        await backend.update_token(started.state, "")  # already gone: nothing to do
+        await backend.update_token(started.state, "tok-2")  # signed in again
+        assert path.read_text() == "tok-2"
+        assert path.stat().st_mode & 0o777 == 0o600
+        if os.geteuid() == 0:
+            assert (path.stat().st_uid, path.stat().st_gid) == (50010, 5063)
+    finally:
+        await backend.stop(started.state, now=True)
+
+
+async def _secret_value(cluster: KubeCluster, ns: str, name: str) -> str | None:
+    async with kube_http(cluster) as k:
+        r = await k.get(f"/api/v1/namespaces/{ns}/secrets/{name}")
+    if r.status_code == 404:
+        return None
+    return base64.b64decode(r.json()["data"].get("bearer_token", "")).decode()
+
+
+@pytest.mark.k8s
+async def test_kubernetes_token_secret_follows_the_refresher(
+    af_hub: Any, k8s_cluster: KubeCluster, pod_stub: PodStub
+) -> None:
+    ns = await new_namespace(k8s_cluster)
+    app = await af_hub(
+        facility(),
+        spawner={"backend_options": {"kubeconfig": str(k8s_cluster.kubeconfig), "namespace": ns}},
+    )
+    base = {"uid": 50011, "gid": 5063, "vos": ["cms"], "access_token": "tok-1"}
+    user = await make_user(app, "rena", auth_state=base)
+    r = await request_spawn(app, "rena", {"flavor": "cms-el9"})
+    assert r.status_code in (201, 202), r.text
+    await spawn_result(app, "rena")
+    spawner = user.spawners[""]
+    assert await _secret_value(k8s_cluster, ns, "jupyter-rena-token") == "tok-1"
+    # what afauth's refresher does after a renewal, then after a revocation
+    await spawner.auth_state_updated({**base, "access_token": "tok-2"})
+    assert await _secret_value(k8s_cluster, ns, "jupyter-rena-token") == "tok-2"
+    await spawner.auth_state_updated({**base, "access_token": None, "signed_out": "revoked"})
+    assert await _secret_value(k8s_cluster, ns, "jupyter-rena-token") == ""
+    await user.save_auth_state({**base, "access_token": None})
+    assert await spawner.poll() is None  # the poll agrees: nothing rewritten
+    assert await _secret_value(k8s_cluster, ns, "jupyter-rena-token") == ""
+    await stop_server(app, "rena")
+    assert await _secret_value(k8s_cluster, ns, "jupyter-rena-token") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import html
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -268,6 +269,6 @@ def test_home_page_notices_only_for_servers_still_stopped() -> None:
     def user(*spawners: object) -> object:
         return SimpleNamespace(orm_user=SimpleNamespace(orm_spawners=dict(enumerate(spawners))))
 
-    assert stop_notices(user(stopped, other)) == cull.message(NOW)
+    assert stop_notices(user(stopped, other)) == html.escape(cull.message(NOW))
     assert stop_notices(user(running, other)) is None  # the site's announcement stays
     assert stop_notices(None) is None
