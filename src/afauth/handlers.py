@@ -173,11 +173,12 @@ def take_notice(handler: BaseHandler) -> str:
 
 class OneMessage:
     """JupyterHub's error page shows an HTTPError without a ``reason`` twice (as the heading
-    and as the text): give it the standard phrase ("Forbidden") as the heading."""
+    and as the text): give it the standard phrase ("Forbidden") as the heading. Not for 404,
+    whose page (404.html) shows the heading only."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = (kwargs.get("exc_info") or (None, None, None))[1]
-        if isinstance(exc, web.HTTPError) and not exc.reason:
+        if isinstance(exc, web.HTTPError) and not exc.reason and status_code != 404:
             exc.reason = responses.get(status_code, "Error")
         super().write_error(status_code, **kwargs)  # type: ignore[misc]
 

@@ -41,8 +41,8 @@ from integration.spawnkit import (
     stop_server,
 )
 from integration.test_auth_oidc import af_config, userinfo_status
-from testbed.oidc.fixtures import oidc_testbed
 from testbed.k8s import KubeCluster
+from testbed.oidc.fixtures import oidc_testbed
 from testbed.oidc.provider import OIDCTestbed
 from testbed.podstub import PodStub
 
@@ -131,6 +131,7 @@ def person(tb: OIDCTestbed, name: str) -> None:
     )
 
 
+@pytest.mark.oidc
 async def test_running_server_gets_a_fresh_token_without_a_visit(
     auth_hub: Any, short_tokens: OIDCTestbed, tmp_path: Path
 ) -> None:
@@ -179,6 +180,7 @@ async def test_running_server_gets_a_fresh_token_without_a_visit(
         await stop_everything(hub)
 
 
+@pytest.mark.oidc
 async def test_revoked_grant_removes_the_token_and_the_next_visit_says_why(
     auth_hub: Any, short_tokens: OIDCTestbed, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -212,6 +214,7 @@ async def test_revoked_grant_removes_the_token_and_the_next_visit_says_why(
         await stop_everything(hub)
 
 
+@pytest.mark.oidc
 async def test_idp_outage_backs_off_and_renews_once_the_idp_answers(
     auth_hub: Any, short_tokens: OIDCTestbed, tmp_path: Path
 ) -> None:
@@ -248,6 +251,7 @@ async def test_idp_outage_backs_off_and_renews_once_the_idp_answers(
 # -- small items of issue 11 ---------------------------------------------------------------------
 
 
+@pytest.mark.oidc
 async def test_refusal_pages_show_the_message_once(
     auth_hub: Any, oidc_testbed: OIDCTestbed
 ) -> None:
