@@ -313,7 +313,9 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
             except AuthFailure as exc:
                 raise tag(web.HTTPError(exc.status, exc.message), "binding") from None
         if self.refresher is not None:  # a new login of a user whose servers run
-            self.refresher.note(auth_model["name"], state.get("expires_at"))
+            ticket = state.get("kerberos") or {}  # an LDAP login's Kerberos ticket
+            expires_at = state.get("expires_at") or ticket.get("expires_at")
+            self.refresher.note(auth_model["name"], expires_at)
         return model
 
     def map_identity(self, identity: Identity) -> Mapped:

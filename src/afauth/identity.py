@@ -45,3 +45,5 @@ class Identity:
     supplemental_gids: tuple[int, ...] = ()
     home: str | None = None
     display_name: str | None = None
+    #: a password login's Kerberos ticket (auth_state ``kerberos``, see afauth.kerberos)
+    kerberos: Mapping[str, object] | None = field(default=None, repr=False)

@@ -35,14 +35,14 @@ EXTRAS: tuple[str, ...] = (
     "version",
 )
 #: Keys holding credentials: never logged, never shown.
-SECRET_KEYS = frozenset({"access_token", "refresh_token", "id_token"})
+SECRET_KEYS = frozenset({"access_token", "refresh_token", "id_token", "kerberos"})
 VERSION = 1
 
 
 def build_auth_state(identity: Identity) -> dict[str, Any]:
     """auth_state of a mapped identity (``groups``/``vos`` already the hub's)."""
     tokens = identity.tokens
-    return {
+    state = {
         "idp": identity.idp,
         "subject": identity.subject,
         "username": identity.username,
@@ -62,6 +62,9 @@ def build_auth_state(identity: Identity) -> dict[str, Any]:
         "claims": _jsonable(identity.claims),
         "version": VERSION,
     }
+    if identity.kerberos is not None:  # afauth.kerberos: a password login's ticket
+        state["kerberos"] = _jsonable(identity.kerberos)
+    return state
 
 
 def identity_from_state(state: Mapping[str, Any]) -> Identity:
@@ -91,6 +94,7 @@ def identity_from_state(state: Mapping[str, Any]) -> Identity:
         supplemental_gids=tuple(state.get("supplemental_gids") or ()),
         home=state.get("home"),
         display_name=state.get("display_name"),
+        kerberos=state.get("kerberos"),
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from tornado import web
 
+from afauth import kerberos
 from afauth.errors import AuthFailure
 from afauth.refresh import REAUTH_KEY, Refreshed, Refresher
 from afauth.renewal import Outcome, Timing, is_due
@@ -84,6 +85,8 @@ async def _renew(
     auth: Any, user: Any, state: Mapping[str, Any]
 ) -> tuple[Outcome, dict[str, Any] | None]:
     """One renewal without a request (inside the gate): the outcome and the new model."""
+    if not state.get(REAUTH_KEY) and state.get(kerberos.STATE_KEY):  # an LDAP login's ticket
+        return await _renew_ticket(auth, user, state), None
     if state.get(REAUTH_KEY) or not state.get("access_token"):
         return Outcome("idle"), None  # nothing to renew (LDAP, or already signed out)
     began = time.time()
@@ -133,6 +136,21 @@ async def _renew(
     if hasattr(user, "_auth_refreshed"):  # JupyterHub's: the next request refreshes
         user._auth_refreshed = None
     return Outcome("revoked"), None
+
+
+async def _renew_ticket(auth: Any, user: Any, state: Mapping[str, Any]) -> Outcome:
+    """Renew the Kerberos ticket of a password login when due (:mod:`afauth.kerberos`);
+    when it cannot be renewed any more the session is flagged (:data:`REAUTH_KEY`)."""
+    kinit = getattr(auth.idp(str(state.get("idp", ""))), "kerberos", None)
+    if not isinstance(kinit, kerberos.Kinit):
+        return Outcome("idle")
+    step = await kerberos.renew_ticket(kinit, state, margin=float(auth.refresh_margin))
+    if step.state is not None:
+        await user.save_auth_state(step.state)
+        await hand_to_servers(auth, user, step.state)
+        if step.kind == "revoked" and hasattr(user, "_auth_refreshed"):
+            user._auth_refreshed = None  # the next request refreshes, and is told why
+    return Outcome(step.kind, step.expires_at, step.lifetime)
 
 
 async def apply_model(auth: Any, user: Any, model: Mapping[str, Any]) -> None:

@@ -4,7 +4,7 @@
 (exit 0), or lists every error with its key path (exit 2).
 
 ``afhub render FACILITY.yaml --user U --groups a,b --flavor F [--uid N --gid N | --uid-map F]
-[--server S] [--allow-root]``
+[--image IMAGE] [--server S] [--allow-root]``
 prints the exact objects the Kubernetes backend would create, or exits 2 with the refusal.
 """
 
@@ -104,6 +104,8 @@ def _render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         options["vo"] = args.vo
     if args.gpus is not None:
         options["gpus"] = args.gpus
+    if args.image is not None:
+        options["image"] = args.image
     try:
         identity = _identity(args)
         settings = PolicySettings(allow_root=args.allow_root)
@@ -155,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--flavor", required=True)
     render.add_argument("--vo", help="VO to charge when the user has several")
     render.add_argument("--gpus", type=int, help="GPU count (GPU flavors)")
+    render.add_argument("--image", help="image, as the form's picker or option 'image' sends it")
     render.add_argument("--uid", type=int, help="POSIX uid of the user (with --gid)")
     render.add_argument("--gid", type=int, help="POSIX gid of the user (with --uid)")
     render.add_argument(

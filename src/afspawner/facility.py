@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, TypeVar
 
+from afspawner.images import ImageChoice
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -118,6 +120,7 @@ class Flavor:
     env: Mapping[str, str]
     default: bool
     idle: IdleLimits = field(default_factory=IdleLimits)
+    image_choice: ImageChoice | None = None  # None: the flavor's image only
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from html import escape
 
 from afcore.quantity import human_cpu, human_memory
 from afspawner.facility import Facility, Flavor
+from afspawner.imageform import STYLE as PICKER_STYLE
+from afspawner.imageform import image_from_form, image_picker, is_picker_field
 from afspawner.overview import Amount, amounts, quota_block
 from afspawner.policy import OPTION_KEYS, UserContext, offered_flavors
 from afspawner.quota import Usage
@@ -210,7 +212,7 @@ def render_catalog(fac: Facility, groups: Sequence[Group], default: str | None) 
     enabled = [c for g in groups for c in g.choices if not c.blocked]
     first = next((c for c in enabled if c.flavor.name == default), None)
     checked = first or (enabled[0] if enabled else None)
-    parts = [STYLE, '<div class="af-catalog">']
+    parts = [STYLE, PICKER_STYLE, '<div class="af-catalog">']
     n = 0
     for i, group in enumerate(groups):
         colour = COLOURS[i % len(COLOURS)]
@@ -225,7 +227,8 @@ def render_catalog(fac: Facility, groups: Sequence[Group], default: str | None) 
         for choices in by_flavor.values():
             ids = [f"af-flavor-{n + k}" for k in range(len(choices))]
             n += len(choices)
-            parts.append(_flavor_html(fac, choices, ids, checked))
+            picker = image_picker(choices[0].flavor, ids[0])  # "" unless it offers images
+            parts.append(_flavor_html(fac, choices, ids, checked) + picker)
         parts.append("</fieldset>")
     parts.append("</div>")
     if checked is None:
@@ -268,7 +271,11 @@ def options_from_form(formdata: Mapping[str, list[str]]) -> dict[str, str]:
     flavor = out.get("flavor", "")
     if "/" in flavor and "vo" not in out:
         out["flavor"], out["vo"] = flavor.split("/", 1)
-    extra = sorted(k for k in formdata if k not in OPTION_KEYS and k != "_xsrf")
+    if "image" not in out and (image := image_from_form(formdata, out.get("flavor", ""))):
+        out["image"] = image  # the chosen flavor's picker; the others' are ignored
+    extra = sorted(
+        k for k in formdata if k not in OPTION_KEYS and k != "_xsrf" and not is_picker_field(k)
+    )
     for key in extra:  # keep unknown keys so that policy refuses them with a clear message
         values = formdata.get(key) or [""]
         out[key] = values[0]

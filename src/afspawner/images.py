@@ -20,8 +20,13 @@ Pattern semantics (name part, then an optional ``:tag`` pattern, then an optiona
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+from afcore.issues import Checker, kind
+
+T = TypeVar("T")
 
 MAX_REFERENCE = 512  # characters; the name alone is limited to 255 as in the grammar
 MAX_NAME = 255
@@ -33,6 +38,7 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 _ASCII_VISIBLE = re.compile(r"[\x21-\x7e]+")
 DEFAULT_REGISTRY = "docker.io"
+OTHER = ":other"  # the form's "Other..." pick with an empty box; never a valid reference
 
 
 class ImageError(ValueError):
@@ -200,18 +206,20 @@ def parse_pattern(text: object) -> Pattern:
 
 
 def check_image(
-    text: object,
+    text: object | Reference,
     allow: Sequence[Pattern],
     tags: Sequence[TagPattern] = (),
     require_digest: bool = False,
 ) -> Reference:
     """A user-typed image, parsed and checked against the site's rules, or :class:`ImageError`."""
-    ref = parse_reference(text)
+    ref = text if isinstance(text, Reference) else parse_reference(text)
     if not any(p.matches(ref) for p in allow):
         allowed = ", ".join(p.text for p in allow) or "none"
         raise ImageError(f"image '{ref}' is not allowed here; allowed: {allowed}")
     if tags and (ref.tag is None or not any(t.regex.fullmatch(ref.tag) for t in tags)):
-        raise ImageError(f"image '{ref}' must have one of the tags {', '.join(t.text for t in tags)}")
+        raise ImageError(
+            f"image '{ref}' must have one of the tags {', '.join(t.text for t in tags)}"
+        )
     if require_digest and ref.digest is None:
         raise ImageError(
             f"image '{ref}' must be pinned by digest (name@sha256:...), so that it cannot change"
@@ -236,3 +244,143 @@ def tag_pattern(text: object) -> TagPattern:
             f"'{text[:60]}' is not a tag pattern (letters, digits, '_', '.', '-' and '*')"
         )
     return TagPattern(text, _glob(text, double=False))
+
+
+@dataclass(frozen=True)
+class ImagePreset:
+    """A named image a user may pick for a flavor (``image_choice.choices[]``)."""
+
+    image: str
+    display: str
+
+
+@dataclass(frozen=True)
+class ImageChoice:
+    """Which images a flavor lets its users choose (the flavor key ``image_choice``).
+
+    ``presets`` are offered as choices, the flavor's ``image`` first; a non-empty ``allow``
+    adds "Other...": a typed image must match one pattern, carry a tag matching one of
+    ``tags`` (when given) and a digest (when ``require_digest``).
+    """
+
+    presets: tuple[ImagePreset, ...]
+    allow: tuple[Pattern, ...] = ()
+    tags: tuple[TagPattern, ...] = ()
+    require_digest: bool = False
+
+    def preset(self, ref: Reference) -> ImagePreset | None:
+        """The preset that names the same image as ``ref`` (compared in canonical form)."""
+        return next((p for p in self.presets if reference_or_none(p.image) == ref), None)
+
+    def check(self, text: object) -> str:
+        """The image to run for ``text``: a preset as the site wrote it, or the canonical
+        form of an allowed typed image; else :class:`ImageError`."""
+        ref = parse_reference(text)
+        preset = self.preset(ref)
+        if preset is not None:
+            return preset.image
+        if not self.allow:
+            names = ", ".join(p.image for p in self.presets)
+            raise ImageError(f"image '{ref}' is not one of the choices: {names}")
+        return str(check_image(ref, self.allow, self.tags, self.require_digest))
+
+
+_CHOICE_KEYS = {"choices", "allow", "tags", "require_digest"}
+
+
+def _compiled(
+    c: Checker, raw: object, path: str, compile_one: Callable[[object], T]
+) -> tuple[T, ...]:
+    if not isinstance(raw, list):
+        c.err(path, f"expected a list, got {kind(raw)}")
+        return ()
+    out = []
+    for i, item in enumerate(raw):
+        try:
+            out.append(compile_one(item))
+        except ImageError as exc:
+            c.err(f"{path}[{i}]", str(exc))
+    return tuple(out)
+
+
+def _preset(c: Checker, raw: object, path: str) -> ImagePreset | None:
+    """A choice: an image reference, or ``{image, display}``."""
+    if isinstance(raw, Mapping):
+        data = c.mapping(raw, path, {"image", "display"}, {"image"})
+        if data is None or "image" not in data:
+            return None
+        image, where = data["image"], f"{path}.image"
+        display = c.string(data["display"], f"{path}.display") if "display" in data else None
+    else:
+        image, where, display = raw, path, None
+    if not isinstance(image, str):
+        c.err(where, f"expected an image reference, got {kind(image)}")
+        return None
+    try:
+        parse_reference(image)
+    except ImageError as exc:
+        c.err(where, str(exc))
+        return None
+    return ImagePreset(image, display or image)
+
+
+def load_image_choice(c: Checker, raw: object, path: str, image: str | None) -> ImageChoice | None:
+    """The flavor key ``image_choice`` at ``path``; problems go to ``c`` with their key path.
+
+    ``image`` is the flavor's own image, always the first choice.
+    """
+    data = c.mapping(raw, path, _CHOICE_KEYS)
+    if data is None:
+        return None
+    presets = []
+    if "choices" in data:
+        raw_choices = data["choices"]
+        if not isinstance(raw_choices, list):
+            c.err(f"{path}.choices", f"expected a list, got {kind(raw_choices)}")
+        else:
+            for i, item in enumerate(raw_choices):
+                p = _preset(c, item, f"{path}.choices[{i}]")
+                if p is not None:
+                    presets.append(p)
+    allow = _compiled(c, data["allow"], f"{path}.allow", parse_pattern) if "allow" in data else ()
+    tags = _compiled(c, data["tags"], f"{path}.tags", tag_pattern) if "tags" in data else ()
+    digest = (
+        c.boolean(data["require_digest"], f"{path}.require_digest")
+        if "require_digest" in data
+        else False
+    )
+    if not presets and not allow and "choices" not in data and "allow" not in data:
+        c.err(path, "give choices (images to pick from) and/or allow (patterns for 'Other...')")
+    if (tags or digest) and "allow" not in data:
+        c.err(path, "tags and require_digest apply to typed images: add allow patterns")
+    canon = [str(parse_reference(p.image)) for p in presets]
+    for i, name in enumerate(canon):
+        if name in canon[:i]:
+            c.err(f"{path}.choices[{i}]", f"names the same image as an earlier choice ({name})")
+    if image is not None:
+        try:
+            own = str(parse_reference(image))
+        except ImageError:
+            own = None  # reported at the flavor's image
+        if own is not None and own not in canon:
+            presets.insert(0, ImagePreset(image, image))
+        elif own is not None:
+            presets.insert(0, presets.pop(canon.index(own)))
+    return ImageChoice(tuple(presets), allow, tags, digest)
+
+
+def reference_or_none(text: str) -> Reference | None:
+    """``text`` parsed, or ``None`` when it is not a valid reference."""
+    try:
+        return parse_reference(text)
+    except ImageError:
+        return None
+
+
+def image_problem(text: str) -> str | None:
+    """Why ``text`` is not a valid image reference (``None`` when it is); for the loader."""
+    try:
+        parse_reference(text)
+    except ImageError as exc:
+        return str(exc)
+    return None

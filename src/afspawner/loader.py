@@ -31,6 +31,7 @@ from afspawner.facility import (
     Volume,
     frozen_map,
 )
+from afspawner.images import image_problem, load_image_choice
 from afspawner.references import cross_check
 from afspawner.volumes import VolumeType, volume_types
 
@@ -256,6 +257,7 @@ _FLAVOR_KEYS = {
     "env",
     "default",
     "idle",
+    "image_choice",
 }
 
 
@@ -315,6 +317,8 @@ def _flavor(c: Checker, raw: object, path: str) -> Flavor | None:
     what = "flavor name (lower-case letters, digits and '-')"
     name = c.string(data["name"], f"{path}.name", DNS_LABEL, what) if "name" in data else None
     image = c.string(data["image"], f"{path}.image") if "image" in data else None
+    if image is not None and (problem := image_problem(image)) is not None:
+        c.err(f"{path}.image", problem)
     cpu, mem, cpu_limit, mem_limit = _flavor_sizes(c, data, path)
 
     def names(key: str) -> tuple[str, ...]:
@@ -338,6 +342,9 @@ def _flavor(c: Checker, raw: object, path: str) -> Flavor | None:
         env=frozen_map(_env(c, data["env"], f"{path}.env") if "env" in data else {}),
         default=c.boolean(data["default"], f"{path}.default") if "default" in data else False,
         idle=idle_limits(c, data["idle"], f"{path}.idle") if "idle" in data else IdleLimits(),
+        image_choice=load_image_choice(c, data["image_choice"], f"{path}.image_choice", image)
+        if "image_choice" in data
+        else None,
     )
 
 

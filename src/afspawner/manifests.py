@@ -10,6 +10,7 @@ are the user's data and outlive every server.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ SERVER_ANNOTATION = f"{LABEL_PREFIX}/server-name"
 CONTAINER = "notebook"
 TOKEN_DIR = "/etc/af-token"  # noqa: S105 - a path, not a secret
 TOKEN_KEY = "bearer_token"  # noqa: S105 - a Secret key name
+KRB5_DIR = "/etc/af-krb5"
+KRB5_KEY = "krb5cc"
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,29 @@ class Objects:
     secret: dict[str, Any]
     claims: tuple[dict[str, Any], ...]
     token_secret: dict[str, Any] | None = None
+    krb5_secret: dict[str, Any] | None = None
 
 
 def token_secret_name(pod: str) -> str:
     return f"{pod}-token"
+
+
+def krb5_secret_name(pod: str) -> str:
+    return f"{pod}-krb5"
+
+
+def krb5_secret(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    ccache: bytes,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Secret behind KRB5CCNAME (a Kerberos credential cache); rewritten at renewals."""
+    secret = token_secret(name, namespace, labels, "", annotations)
+    del secret["stringData"]
+    secret["data"] = {KRB5_KEY: base64.b64encode(ccache).decode("ascii")}
+    return secret
 
 
 def token_secret(
@@ -270,8 +292,27 @@ def _mount_token(spec: dict[str, Any], container: dict[str, Any], secret_name: s
     container["env"].append({"name": "BEARER_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"})
 
 
+def _mount_krb5(spec: dict[str, Any], container: dict[str, Any], secret_name: str) -> None:
+    """Mount the credential cache read-only (0440, group fsGroup) and name it in KRB5CCNAME."""
+    spec["volumes"].append(
+        {
+            "name": "af-krb5",
+            "secret": {
+                "secretName": secret_name,
+                "defaultMode": 0o440,
+                "items": [{"key": KRB5_KEY, "path": KRB5_KEY}],
+            },
+        }
+    )
+    container["volumeMounts"].append({"name": "af-krb5", "mountPath": KRB5_DIR, "readOnly": True})
+    container["env"].append({"name": "KRB5CCNAME", "value": f"FILE:{KRB5_DIR}/{KRB5_KEY}"})
+
+
 def make_objects(
-    plan: LaunchPlan, settings: PodSettings, bearer_token: str | None = None
+    plan: LaunchPlan,
+    settings: PodSettings,
+    bearer_token: str | None = None,
+    krb5_ccache: bytes | None = None,
 ) -> Objects:
     """The Secrets, claims and Pod that run ``plan``.
 
@@ -299,6 +340,10 @@ def make_objects(
             token_secret_name(name), settings.namespace, labels, bearer_token, owner
         )
         _mount_token(spec, container, token_secret_name(name))
+    krb5 = None
+    if krb5_ccache is not None:
+        krb5 = krb5_secret(krb5_secret_name(name), settings.namespace, labels, krb5_ccache, owner)
+        _mount_krb5(spec, container, krb5_secret_name(name))
     meta = {"name": name, "namespace": settings.namespace, "labels": labels}
     annotations = {**owner, RESERVATION_ANNOTATION: reservation_annotation(plan)}
     pod = {
@@ -315,4 +360,4 @@ def make_objects(
         "stringData": dict(settings.hub_env),
     }
     claims = tuple(_home_claim(c, plan, settings) for r in rendered for c in r.claims)
-    return Objects(pod=pod, secret=secret, claims=claims, token_secret=token)
+    return Objects(pod=pod, secret=secret, claims=claims, token_secret=token, krb5_secret=krb5)

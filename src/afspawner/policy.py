@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from afspawner.facility import Facility, Flavor
+from afspawner.images import OTHER, ImageError, parse_reference, reference_or_none
 from afspawner.plan import GPURequest, LaunchPlan, UserIdentity, VolumeMount
 from afspawner.volumes.paths import render_template
 
-OPTION_KEYS = ("flavor", "vo", "gpus")
+OPTION_KEYS = ("flavor", "vo", "gpus", "image")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 
 
@@ -44,6 +45,7 @@ class SpawnOptions:
     flavor: str | None = None
     vo: str | None = None
     gpus: int | None = None
+    image: str | None = None  # a well-formed image reference; whether it is allowed: resolve
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def parse_options(raw: Mapping[str, object] | None) -> SpawnOptions:
             f"allowed: {', '.join(OPTION_KEYS)}",
             400,
         )
-    flavor, vo, gpus = (_first(raw.get(k)) for k in OPTION_KEYS)
+    flavor, vo, gpus, image = (_first(raw.get(k)) for k in OPTION_KEYS)
     for key, value in (("flavor", flavor), ("vo", vo)):
         if value is not None and (not isinstance(value, str) or not _NAME.match(value)):
             raise Refusal(f"option '{key}' must be a flavor/VO name, got {str(value)[:40]!r}", 400)
@@ -87,10 +89,20 @@ def parse_options(raw: Mapping[str, object] | None) -> SpawnOptions:
             raise Refusal(f"option 'gpus' must be a whole number, got {str(gpus)[:40]!r}", 400)
         if count < 1:
             raise Refusal("option 'gpus' must be at least 1", 400)
+    if image == "":
+        image = None  # the form's empty "Other..." box when a preset is picked
+    if image == OTHER:
+        raise Refusal("you picked 'Other...' for the image but typed no image reference", 400)
+    if image is not None:
+        try:
+            parse_reference(image)
+        except ImageError as exc:
+            raise Refusal(f"option 'image' is not a valid image reference: {exc}", 400) from None
     return SpawnOptions(
         flavor=flavor if isinstance(flavor, str) else None,
         vo=vo if isinstance(vo, str) else None,
         gpus=count,
+        image=image if isinstance(image, str) else None,
     )
 
 
@@ -171,13 +183,38 @@ def _gpu(fac: Facility, flavor: Flavor, vo: str | None, asked: int | None) -> GP
     )
 
 
-def server_env(flavor: Flavor, identity: UserIdentity, vo: str | None) -> dict[str, str]:
-    """The server's environment: the flavor's variables, then the identity and AF_* facts."""
+def _image(flavor: Flavor, asked: str | None) -> str:
+    """The image to run: the flavor's, a preset, or an allowed typed one (else Refusal)."""
+    if asked is None:
+        return flavor.image
+    choice = flavor.image_choice
+    if choice is None:
+        if asked == flavor.image or reference_or_none(flavor.image) == parse_reference(asked):
+            return flavor.image
+        raise Refusal(
+            f"flavor '{flavor.name}' does not let you choose an image (it runs "
+            f"{flavor.image}); do not send option 'image'",
+            400,
+        )
+    try:
+        return choice.check(asked)
+    except ImageError as exc:
+        raise Refusal(f"{exc} (flavor '{flavor.name}')") from None
+
+
+def server_env(
+    flavor: Flavor, identity: UserIdentity, vo: str | None, image: str | None = None
+) -> dict[str, str]:
+    """The server's environment: the flavor's variables, then the identity and AF_* facts,
+    and the image it runs as ``JUPYTER_IMAGE_SPEC`` (and ``JUPYTER_IMAGE``, as KubeSpawner)."""
+    image = image or flavor.image
     return {
         **flavor.env,
         "NB_USER": identity.username,
         "NB_UID": str(identity.uid),
         "NB_GID": str(identity.gid),
+        "JUPYTER_IMAGE_SPEC": image,
+        "JUPYTER_IMAGE": image,
         "AF_FLAVOR": flavor.name,
         **({"AF_VO": vo} if vo else {}),
     }
@@ -214,6 +251,7 @@ def resolve(
     flavor = _pick_flavor(fac, user, options.flavor)
     vo = _pick_vo(flavor, user, options.vo)
     gpu = _gpu(fac, flavor, vo, options.gpus)
+    image = _image(flavor, options.image)
     values = {
         "username": user.name,
         "vo": vo or "",
@@ -226,7 +264,7 @@ def resolve(
         server_name=server_name,
         vo=vo,
         flavor=flavor.name,
-        image=flavor.image,
+        image=image,
         cpu_millis=flavor.cpu_millis,
         memory_bytes=flavor.memory_bytes,
         cpu_limit_millis=flavor.cpu_limit_millis,
@@ -234,7 +272,7 @@ def resolve(
         identity=identity,
         gpu=gpu,
         volumes=_volumes(fac, flavor, values),
-        env=MappingProxyType(server_env(flavor, identity, vo)),
+        env=MappingProxyType(server_env(flavor, identity, vo, image)),
         namespace=fac.vos[vo].namespace if vo is not None and vo in fac.vos else None,
         allow_root=settings.allow_root,
     )

@@ -8,6 +8,8 @@ raised before anything is created.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import time
@@ -34,8 +36,8 @@ from afspawner.runtime import Runtime, create_runtime, get_runtime
 from afspawner.uid import PoolSettings, SourceConfig, resolve_identity, source_config, sources_for
 
 
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def _digest(token: str | bytes) -> str:
+    return hashlib.sha256(token.encode() if isinstance(token, str) else token).hexdigest()
 
 
 def _launch_timeout(start_timeout: float) -> float:
@@ -116,6 +118,12 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         config=True,
         help="Give servers the user's OIDC access token (auth_state) in a file named by "
         "$BEARER_TOKEN_FILE and rewrite it whenever the hub refreshes the token.",
+    )
+    pass_kerberos_ticket = Bool(
+        True,
+        config=True,
+        help="Give servers the user's Kerberos credential cache (auth_state 'kerberos', from an "
+        "LDAP IdP with a kerberos section) as $KRB5CCNAME and rewrite it when the hub renews it.",
     )
 
     @default("port")
@@ -295,8 +303,9 @@ class AFSpawner(Spawner):  # type: ignore[misc]
             self._login_state = None  # later reads (token refresh) go to the hub again
         plan, auth_state = admitted
         token = self._bearer_token(auth_state)
+        ccache = self._ccache(auth_state)
         try:
-            started = await self._launch(rt, plan, token)
+            started = await self._launch(rt, plan, token, ccache)
         except BaseException as exc:
             rt.ledger.release(self.user.name, self.name)
             if isinstance(exc, Refusal):  # from the GPU admission
@@ -311,6 +320,8 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         self._state = {**started.state, "vo": plan.vo, "flavor": plan.flavor}
         if token is not None:
             self._state["token_sha"] = _digest(token)
+        if ccache is not None:
+            self._state["ccache_sha"] = _digest(ccache)
         metrics.record_outcome("success", plan)
         self._stop_notice = None
         self._progress(f"Server running ({plan.flavor})")
@@ -360,7 +371,9 @@ class AFSpawner(Spawner):  # type: ignore[misc]
             resolve_identity, self.user.name, sources, auth_state, rt.static_ids, rt.pool
         )
 
-    def _request(self, plan: LaunchPlan, token: str | None) -> LaunchRequest:
+    def _request(
+        self, plan: LaunchPlan, token: str | None, ccache: bytes | None = None
+    ) -> LaunchRequest:
         return LaunchRequest(
             plan,
             self.cmd or ["jupyterhub-singleuser"],
@@ -369,11 +382,14 @@ class AFSpawner(Spawner):  # type: ignore[misc]
             self.port,
             _launch_timeout(float(self.start_timeout)),
             token,
+            krb5_ccache=ccache,
         )
 
-    async def _launch(self, rt: Runtime, plan: LaunchPlan, token: str | None) -> Started:
+    async def _launch(
+        self, rt: Runtime, plan: LaunchPlan, token: str | None, ccache: bytes | None = None
+    ) -> Started:
         """Launch, holding the plan's GPUs (if any) until the backend counts them itself."""
-        request = self._request(plan, token)
+        request = self._request(plan, token, ccache)
         if plan.gpu is None:
             return await metrics.timed_launch(rt.backend.launch(request, self._progress), plan)
         wait = WaitSettings(
@@ -403,7 +419,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         status = await rt.backend.poll(self._state)
         if status is not None:
             rt.ledger.release(self.user.name, self.name)
-        elif "token_sha" in self._state:
+        elif "token_sha" in self._state or "ccache_sha" in self._state:
             await self._sync_token(rt)
         return status
 
@@ -414,13 +430,17 @@ class AFSpawner(Spawner):  # type: ignore[misc]
     async def auth_state_updated(self, auth_state: Mapping[str, Any]) -> None:
         """The hub saved a new auth_state for this user (afauth's token refresher, see
         docs/auth_state.md): give the running server its new token now, or remove it."""
-        if self._state and "token_sha" in self._state:
+        if self._state and ("token_sha" in self._state or "ccache_sha" in self._state):
             await self._sync_token(self.runtime, auth_state)
 
     async def _sync_token(self, rt: Runtime, auth_state: Mapping[str, Any] | None = None) -> None:
         """Rewrite the server's token file when the hub has refreshed the token; empty it
         when the auth_state has none any more (the IdP revoked the session)."""
         state = await self._auth_state() if auth_state is None else auth_state
+        if "ccache_sha" in self._state:
+            await self._sync_ccache(rt, state)
+        if "token_sha" not in self._state:
+            return
         token = self._bearer_token(state) or ""
         digest = _digest(token) if token else ""
         if digest == self._state.get("token_sha"):
@@ -435,6 +455,34 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         self._state["token_sha"] = digest
         done = "refreshed" if token else "removed"
         self.log.info("%s the bearer token of %s", done, self._log_name)
+
+    def _ccache(self, auth_state: Mapping[str, Any]) -> bytes | None:
+        """The Kerberos credential cache of the auth_state (docs/auth_state.md), if any."""
+        krb = auth_state.get("kerberos") if self.pass_kerberos_ticket else None
+        value = krb.get("ccache") if isinstance(krb, Mapping) else None
+        try:
+            return base64.b64decode(value, validate=True) if isinstance(value, str) else None
+        except (binascii.Error, ValueError):
+            return None
+
+    async def _sync_ccache(self, rt: Runtime, state: Mapping[str, Any]) -> None:
+        """Rewrite the server's credential cache when the hub has renewed the ticket (or the
+        user signed in again); remove it when the auth_state has none."""
+        data = self._ccache(state) or b""
+        digest = _digest(data) if data else ""
+        if digest == self._state.get("ccache_sha"):
+            return
+        try:
+            await rt.backend.update_ccache(self._state, data)
+        except Exception as exc:  # keep polling; the next poll tries again
+            self.log.warning(
+                "could not update the Kerberos ticket of %s: %s", self._log_name, type(exc).__name__
+            )
+            return
+        self._state["ccache_sha"] = digest
+        self.log.info(
+            "%s the Kerberos ticket of %s", "renewed" if data else "removed", self._log_name
+        )
 
     async def _remove_leftovers(self, rt: Runtime) -> None:
         rt.ledger.release(self.user.name, self.name)

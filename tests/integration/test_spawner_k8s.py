@@ -93,7 +93,8 @@ async def test_gpu_flavors_land_on_their_nodes(
         ((), {"flavor": "dune-sl7"}, 403, "flavor 'dune-sl7' is for members of dune"),
         ((), {"flavor": "cms-t4"}, 403, "NVIDIA T4 GPUs require approval"),
         (("gpu-approved",), {"flavor": "cms-t4", "gpus": 9}, 403, "at most 4 NVIDIA T4 GPU(s)"),
-        ((), {"flavor": "cms-el9", "image": "evil/miner"}, 400, "unknown server option(s) 'image'"),
+        ((), {"flavor": "cms-el9", "image": "evil/miner"}, 400, "not let you choose an image"),
+        ((), {"flavor": "cms-el9", "cmd": "sh"}, 400, "unknown server option(s) 'cmd'"),
         ((), {"flavor": "no-such"}, 400, "unknown flavor 'no-such'"),
         (
             (),

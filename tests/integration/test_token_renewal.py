@@ -210,6 +210,12 @@ async def test_revoked_grant_removes_the_token_and_the_next_visit_says_why(
             assert "refused the session renewal" in page.text
         assert "_token_authenticated" not in caplog.text  # JupyterHub 6.1.1's traceback avoided
         assert "Failed to get current user" not in caplog.text
+        # signing in again: the server gets the new token at JupyterHub's next poll
+        assert (await hub.oidc_login(browser, "iam", "suspended2")).status_code == 302
+        again = await hub.auth_state("suspended2")
+        assert "signed_out" not in again and again["access_token"]
+        assert await hub.user("suspended2").spawners[""].poll() is None
+        assert token_file.read_text() == again["access_token"]
     finally:
         await stop_everything(hub)
 

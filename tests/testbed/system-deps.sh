@@ -5,6 +5,9 @@
 # slapd, ldap-utils: OpenLDAP server + client tools. The tests start their own slapd processes on
 # loopback ports (tests/testbed/ldap/slapd.py); no system-wide directory server must be configured or left
 # running (it would hold port 389 and is not ours).
+# krb5-kdc, krb5-admin-server (for kadmin.local), krb5-user (kinit, klist): MIT Kerberos. The tests
+# start their own krb5kdc on a loopback port with a test realm (tests/testbed/krb5/kdc.py); the
+# packages' own services are not used and are stopped if they run.
 set -euo pipefail
 
 SUDO=""
@@ -13,7 +16,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 need=()
-for pkg in slapd ldap-utils chromium chromium-driver; do
+for pkg in slapd ldap-utils chromium chromium-driver krb5-kdc krb5-admin-server krb5-user; do
   installed "$pkg" || need+=("$pkg")
 done
 
@@ -36,7 +39,12 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
 elif [ -x /etc/init.d/slapd ] && [ -s /var/run/slapd/slapd.pid ]; then
   $SUDO /etc/init.d/slapd stop >/dev/null 2>&1 || true
 fi
+# The same for the Kerberos packages' services (a KDC for the empty default realm is not ours).
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl disable --now krb5-kdc.service krb5-admin-server.service >/dev/null 2>&1 || true
+fi
 
-for bin in /usr/sbin/slapd /usr/sbin/slapadd /usr/bin/ldapsearch /usr/bin/chromium /usr/bin/chromedriver; do
+for bin in /usr/sbin/slapd /usr/sbin/slapadd /usr/bin/ldapsearch /usr/bin/chromium /usr/bin/chromedriver \
+  /usr/sbin/krb5kdc /usr/sbin/kdb5_util /usr/sbin/kadmin.local /usr/bin/kinit /usr/bin/klist; do
   [ -x "$bin" ] || { echo "system-deps: $bin missing after install" >&2; exit 1; }
 done

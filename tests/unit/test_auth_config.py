@@ -404,4 +404,5 @@ def test_af_entry_point_names_the_authenticator() -> None:
 
     (ep,) = [e for e in entry_points(group="jupyterhub.authenticators") if e.name == "af"]
     assert ep.load() is AFAuthenticator
-    assert idp_types().names() == ["cern", "cilogon", "dev", "iam", "ldap", "oidc"]
+    names = ["cern", "cilogon", "dev", "iam", "ldap", "oauthenticator", "oidc"]
+    assert idp_types().names() == names

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from afauth.idps.oidc import OIDC as OIDCIdP
 from afauth.refresh import Refresher
 from afauth.renewal import (
     Outcome,
@@ -267,3 +268,24 @@ def test_a_refused_refresh_does_not_trip_jupyterhub_6_1_1(crypt_key: None, tmp_p
     token_handler._token_authenticated = True  # type: ignore[attr-defined]
     auth._refused_refresh(object(), token_handler, "")
     assert token_handler._token_authenticated is True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "expected"),
+    [
+        (400, "invalid_grant", 403),  # revoked or expired grant: sign in again
+        (400, "invalid_client", 503),  # the hub's client, not the person
+        (400, "temporarily_unavailable", 503),
+        (500, "server_error", 503),
+        (502, None, 503),
+        (429, None, 503),
+    ],
+)
+def test_token_endpoint_refusals_that_are_outages(
+    status: int, error: str | None, expected: int
+) -> None:
+    idp = OIDCIdP(
+        {"name": "iam", "type": "oidc", "issuer": "https://iam.example", "client_id": "c"}
+    )
+    body = {"error": error} if error else {}
+    assert idp._token_problem(status, body, "session renewal").status == expected

@@ -68,6 +68,8 @@ def test_plan_env_is_the_complete_server_environment() -> None:
         "NB_USER": IDENT.username,
         "NB_UID": str(IDENT.uid),
         "NB_GID": str(IDENT.gid),
+        "JUPYTER_IMAGE_SPEC": "cms/el9:1",
+        "JUPYTER_IMAGE": "cms/el9:1",
         "AF_FLAVOR": "cms-el9",
         "AF_VO": "cms",
     }
@@ -80,7 +82,7 @@ def test_one_pipeline_for_spawner_and_cli() -> None:
     plan = plan_spawn(FAC, PolicySettings(), user, IDENT, {"flavor": ["huge"], "vo": "dune"})
     assert (plan.flavor, plan.vo) == ("huge", "dune")
     with pytest.raises(Refusal, match="unknown server option"):
-        plan_spawn(FAC, PolicySettings(), user, IDENT, {"image": "evil"})
+        plan_spawn(FAC, PolicySettings(), user, IDENT, {"command": "evil"})
 
 
 def test_gpu_plan_carries_class_details() -> None:
@@ -163,7 +165,7 @@ def test_parse_options(raw: Any, expected: SpawnOptions) -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"image": "x"}, "unknown server option(s) 'image'"),
+        ({"command": "x"}, "unknown server option(s) 'command'"),
         ({"flavor": "X Y"}, "option 'flavor' must be a flavor/VO name"),
         ({"flavor": 3}, "option 'flavor' must be"),
         ({"gpus": "2.5"}, "option 'gpus' must be a whole number"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import ssl
 import threading
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 import ldap3
 from ldap3.utils.conv import escape_filter_chars
 
+from afauth import kerberos
 from afauth.errors import AuthFailure
 from afauth.identity import Identity
 from afauth.idps.base import PasswordIdP
@@ -76,6 +78,7 @@ class LDAP(PasswordIdP):
         "retry_after": Option("number", help="seconds a failed server is skipped (default 30)"),
         "pool_size": Option("int", help="pooled service connections (default 2)"),
         "max_workers": Option("int", help="threads for LDAP calls (default 4)"),
+        "kerberos": Option("mapping", help="obtain a Kerberos ticket at login (see docs)"),
     }
     defaults: ClassVar[Mapping[str, object]] = {
         "start_tls": True,
@@ -103,6 +106,12 @@ class LDAP(PasswordIdP):
         )
         self.stats = _Stats()
         self._bind_password: str | None = None
+        section = config.get("kerberos")
+        self.kerberos = (  # tickets at login (afauth.kerberos), renewed by the hub's refresher
+            kerberos.Kinit(kerberos.KerberosSettings.from_section(section), self.log)
+            if isinstance(section, Mapping)
+            else None
+        )
 
     def default_display_name(self) -> str:
         return self.name.upper()
@@ -137,6 +146,11 @@ class LDAP(PasswordIdP):
         for key in ("pool_size", "max_workers"):
             if config.get(key) == 0:
                 problems.append((key, "must be at least 1"))
+        if config.get("kerberos") is not None:
+            problems += [
+                (f"kerberos.{k}" if k else "kerberos", m)
+                for k, m in kerberos.check_section(config["kerberos"])
+            ]
         return problems
 
     # -- servers and connections (worker threads only) -----------------------------------------
@@ -427,7 +441,14 @@ class LDAP(PasswordIdP):
                 "User names may only contain plain ASCII letters, digits and punctuation.",
                 detail="non-ASCII or control characters in the username",
             )
-        return await self._run(self._login_sync, username, password)
+        identity = await self._run(self._login_sync, username, password)
+        if self.kerberos is None:
+            return identity
+        name = identity.claims.get(str(self.opt("username_attribute")))
+        ticket = await kerberos.login_ticket(
+            self.kerberos, str(name or identity.username), password, self.name
+        )
+        return dataclasses.replace(identity, kerberos=ticket)
 
     async def refresh(self, state: Mapping[str, Any], *, margin: float) -> Identity | None:
         claims = state.get("claims") or {}
@@ -451,7 +472,12 @@ class LDAP(PasswordIdP):
                 f"Your {self.display_name} account changed. Please sign in again.",
                 detail="refresh: subject changed",
             )
-        return identity
+        ticket = state.get(kerberos.STATE_KEY)  # kept; renewed when due
+        if self.kerberos is not None and isinstance(ticket, Mapping):
+            step = await kerberos.renew_ticket(self.kerberos, state, margin=margin)
+            if step.kind == "renewed" and step.state is not None:
+                ticket = step.state[kerberos.STATE_KEY]
+        return dataclasses.replace(identity, kerberos=ticket)
 
     async def close(self) -> None:
         with self._pool_lock:
@@ -459,3 +485,5 @@ class LDAP(PasswordIdP):
         for _, conn in pool:
             close(conn)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.kerberos is not None:
+            self.kerberos.close()

@@ -46,11 +46,13 @@ SUBJECT_CLAIMS: Mapping[str, str] = {
 
 #: Options of the wrapped class that the hub handles itself: refused, with where to say it.
 HUB_SETTINGS: Mapping[str, str] = {
-    "admin_users": "grant admin with a mapping rule ('admin': true) or c.AFAuthenticator.admin_users",
+    "admin_users": "grant admin with a mapping rule ('admin': true) or "
+    "c.AFAuthenticator.admin_users",
     "admin_groups": "grant admin with a mapping rule ('admin': true)",
     "admin_google_groups": "grant admin with a mapping rule on the 'groups' claim",
     "admin_globus_groups": "grant admin with a mapping rule on the 'groups' claim",
-    "oauth_callback_url": "set 'redirect_uri' on the IdP entry (default /hub/login/<name>/callback)",
+    "oauth_callback_url": "set 'redirect_uri' on the IdP entry "
+    "(default /hub/login/<name>/callback)",
     "enable_auth_state": "a setting of c.AFAuthenticator (always on)",
     "manage_groups": "hub groups come from c.AFAuthenticator.mapping rules",
     "manage_roles": "roles come from c.AFAuthenticator.managed_roles and mapping rules",
@@ -74,13 +76,15 @@ class UnknownClass(ValueError):
 
 def resolve_class(name: str) -> type[Any]:
     """The oauthenticator class called ``name`` (a short name or ``module:Class``)."""
-    from oauthenticator.oauth2 import OAuthenticator  # noqa: PLC0415 - heavy import, lazily
+    from oauthenticator.oauth2 import OAuthenticator  # type: ignore[import-untyped]
 
     short = ALIASES.get(name, name)
     path = CLASSES.get(short) or name
     module_name, sep, attr = path.partition(":")
     if not sep:
         module_name, _, attr = path.rpartition(".")
+    if "mediawiki" in path.lower() or attr.startswith("MW"):  # OAuth 1, its own handlers
+        raise UnknownClass("MediaWiki (OAuth 1) cannot be wrapped; use its own authenticator")
     if not module_name or not attr:
         known = ", ".join(sorted(CLASSES))
         raise UnknownClass(f"unknown class '{name[:80]}'; use one of {known} or 'module:Class'")
@@ -90,8 +94,6 @@ def resolve_class(name: str) -> type[Any]:
         raise UnknownClass(f"cannot import '{path[:120]}': {type(exc).__name__}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, OAuthenticator)):
         raise UnknownClass(f"'{path[:120]}' is not an oauthenticator.OAuthenticator subclass")
-    if cls.__name__.startswith("MW"):  # MediaWiki: OAuth 1 with its own handlers
-        raise UnknownClass("MediaWiki (OAuth 1) cannot be wrapped; use its own authenticator")
     return cls
 
 
@@ -107,7 +109,7 @@ def subject_claim(cls: type[Any], configured: object) -> str:
 
 def _own_options(cls: type[Any]) -> list[str]:
     """Configurable traits the oauthenticator classes add (not JupyterHub's base ones)."""
-    from jupyterhub.auth import Authenticator  # noqa: PLC0415
+    from jupyterhub.auth import Authenticator
 
     base = set(Authenticator.class_trait_names(config=True))
     return sorted(set(cls.class_trait_names(config=True)) - base)
@@ -129,9 +131,7 @@ def check_options(cls: type[Any], options: Mapping[str, object]) -> list[tuple[s
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             allowed = ", ".join(o for o in _own_options(cls) if o not in HUB_SETTINGS)
-            problems.append(
-                (path, f"unknown option for {cls.__name__}; {hint}allowed: {allowed}")
-            )
+            problems.append((path, f"unknown option for {cls.__name__}; {hint}allowed: {allowed}"))
             continue
         if probe is None:
             probe = cls()

@@ -42,6 +42,10 @@ RESERVED_PARAMS = frozenset(
     | {"code_challenge", "code_challenge_method"}
 )
 MAX_RESPONSE = 1024 * 1024
+#: Token endpoint errors (RFC 6749 5.2) that say nothing about the person's grant.
+NOT_ABOUT_THE_USER = frozenset(
+    {"server_error", "temporarily_unavailable", "invalid_client", "unauthorized_client"}
+)
 
 
 def email_verified(claims: Mapping[str, Any]) -> bool:
@@ -324,11 +328,16 @@ class OIDC(RedirectIdP):
         )
 
     def _token_problem(self, status: int, body: Mapping[str, Any], what: str) -> AuthFailure:
+        """A refusal of the token endpoint: 403, or 503 when it is not about this person (the
+        IdP failing or throttling, or refusing the hub as a client): an outage, during which
+        a session is kept while its token is valid and the token refresher retries."""
         error = str(body.get("error", f"HTTP {status}"))[:64]
         self.log.warning("%s: %s refused: %s", self.name, what, error)
+        outage = status >= 500 or status == 429 or error in NOT_ABOUT_THE_USER
         return AuthFailure(
             f"{self.display_name} refused the {what} ({error}). Please sign in again.",
             detail=f"{what}: {error}",
+            status=503 if outage else 403,
         )
 
     async def complete(

@@ -65,6 +65,7 @@ class LaunchRequest:
     port: int
     timeout: float
     bearer_token: str | None = field(default=None, repr=False)  # WLCG token file contents
+    krb5_ccache: bytes | None = field(default=None, repr=False)  # Kerberos credential cache
     gpus_counted: Callable[[], None] = field(default=_nothing, repr=False, compare=False)
 
 
@@ -99,6 +100,11 @@ class Backend(ABC):
     async def update_token(self, state: Mapping[str, Any], token: str) -> None:
         """Replace the bearer token a running server sees (after the hub refreshed it);
         ``""``: remove it (the IdP revoked the session)."""
+        return None
+
+    async def update_ccache(self, state: Mapping[str, Any], data: bytes) -> None:
+        """Replace the Kerberos credential cache a running server sees (``$KRB5CCNAME``);
+        ``b""``: remove it."""
         return None
 
     async def running(self) -> list[Reservation]:

@@ -39,6 +39,8 @@ from afspawner.kube.status import exit_status, pod_failure, pod_ready
 from afspawner.kube.sweep import sweep_once
 from afspawner.manifests import (
     PodSettings,
+    krb5_secret,
+    krb5_secret_name,
     make_objects,
     owned_by,
     reservation_from_pod,
@@ -189,7 +191,7 @@ class KubernetesBackend(Backend):
         deadline = asyncio.get_running_loop().time() + req.timeout
         await self.setup()
         settings = self._pod_settings(req)
-        objs = make_objects(req.plan, settings, req.bearer_token)
+        objs = make_objects(req.plan, settings, req.bearer_token, req.krb5_ccache)
         ns, name = settings.namespace, objs.pod["metadata"]["name"]
         state = {"namespace": ns, "pod": name}
         key = f"{ns}/{name}"
@@ -199,6 +201,7 @@ class KubernetesBackend(Backend):
         unsubscribe = self._follow(ns, name, progress, req.gpus_counted)
         try:
             secrets = [objs.secret] + ([objs.token_secret] if objs.token_secret else [])
+            secrets += [objs.krb5_secret] if objs.krb5_secret else []
             await self._create(objs.claims, secrets, objs.pod)
             progress(f"Server pod {ns}/{name} created; waiting for Kubernetes to start it")
             left = deadline - asyncio.get_running_loop().time()
@@ -352,6 +355,7 @@ class KubernetesBackend(Backend):
             f"{base}/pods/{name}",
             f"{base}/secrets/{name}",
             f"{base}/secrets/{token_secret_name(name)}",
+            f"{base}/secrets/{krb5_secret_name(name)}",
         )
         for path in paths:
             try:
@@ -365,6 +369,19 @@ class KubernetesBackend(Backend):
                 await self.pods.wait_key(key, lambda pod: pod is None)
         except TimeoutError:
             log.warning("pod %s still present 60s after deletion", key)
+
+    async def update_ccache(self, state: Mapping[str, Any], data: bytes) -> None:
+        await self.setup()
+        ns, name = state.get("namespace"), state.get("pod")
+        pod = self.pods.get(f"{ns}/{name}") if ns and name else None
+        if pod is None or exit_status(pod) is not None:
+            return  # the server is gone: its Secrets go with it
+        meta = pod.get("metadata") or {}
+        key = server_of(pod)
+        owner = server_annotations(*key) if key else None
+        labels = meta.get("labels") or {}
+        secret = krb5_secret(krb5_secret_name(str(name)), str(ns), labels, data, owner)
+        await self._put_secret(owned_by(secret, pod))
 
     async def update_token(self, state: Mapping[str, Any], token: str) -> None:
         await self.setup()

@@ -59,24 +59,28 @@ def _with_port(url: str, ip: str, port: int) -> str:
     return urlunsplit((parts.scheme or "http", f"{ip}:{port}", parts.path, parts.query, ""))
 
 
-def _write_token(path: Path, token: str, owner: tuple[int, int] | None) -> None:
-    """Atomically replace the token file (mode 0600, owned by the server's user as root)."""
+def _write_token(path: Path, token: str | bytes, owner: tuple[int, int] | None) -> None:
+    """Atomically replace the token file (mode 0600, owned by the server's user as root).
+
+    The directory belongs to the user: the temporary file is created anew (never through a
+    link the user left there) and its owner set on the open file."""
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
-    if owner is not None:
-        os.chown(tmp, *owner)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        if owner is not None:
+            os.fchown(fh.fileno(), *owner)
+        fh.write(token.encode() if isinstance(token, str) else token)
     os.replace(tmp, path)
 
 
-def _rewrite_token(path: Path, token: str) -> None:
-    """Replace the token file, keeping its owner (the server's directory's when it was
-    removed); ``""``: remove it."""
+def _rewrite_token(path: Path, token: str | bytes) -> None:
+    """Replace the token file, owned by the owner of the server's directory; ``""``: remove
+    it."""
     if not token:
         path.unlink(missing_ok=True)
         return
-    st = path.stat() if path.exists() else path.parent.stat()
+    st = os.lstat(path.parent)
     _write_token(path, token, (st.st_uid, st.st_gid) if os.geteuid() == 0 else None)
 
 
@@ -164,6 +168,11 @@ class LocalBackend(Backend):
             token_file = workdir / ".af-bearer-token"
             _write_token(token_file, req.bearer_token, (ident.uid, ident.gid) if as_root else None)
             env["BEARER_TOKEN_FILE"] = state["token_file"] = str(token_file)
+        if req.krb5_ccache is not None:
+            ccache = workdir / ".af-krb5cc"
+            _write_token(ccache, req.krb5_ccache, (ident.uid, ident.gid) if as_root else None)
+            state["ccache_file"] = str(ccache)
+            env["KRB5CCNAME"] = f"FILE:{ccache}"
         switch = as_root and not self.settings.run_as_hub_user
         progress(f"Starting {plan.flavor} as uid {ident.uid} on port {port}")
         proc = await _spawn(self._command(req, port), env, workdir, ident if switch else None)
@@ -182,6 +191,11 @@ class LocalBackend(Backend):
         path = state.get("token_file")
         if path:
             await asyncio.to_thread(_rewrite_token, Path(str(path)), token)
+
+    async def update_ccache(self, state: Mapping[str, Any], data: bytes) -> None:
+        path = state.get("ccache_file")
+        if path:
+            await asyncio.to_thread(_rewrite_token, Path(str(path)), data)
 
     async def poll(self, state: Mapping[str, Any]) -> int | None:
         pid = int(state.get("pid", 0))

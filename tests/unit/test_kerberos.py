@@ -1,0 +1,292 @@
+"""Kerberos tickets at LDAP logins: option checks (key paths), principal templating, the
+credential-cache reader and the renewal decision (pure parts of afauth.kerberos)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import struct
+from typing import Any
+
+import pytest
+
+from afauth import kerberos
+from afauth.config import build_config
+from afauth.identity import Identity
+from afauth.idps.ldap import LDAP
+from afauth.krb5cache import parse_ccache
+from afauth.state import build_auth_state, identity_from_state, redacted
+from afcore.issues import ConfigError
+
+LDAP_IDP: dict[str, Any] = {
+    "name": "fnal",
+    "type": "ldap",
+    "servers": ["ldaps://ldap.fnal.gov"],
+    "bind_dn": "cn=hub",
+    "bind_password": "x",
+    "user_search_base": "ou=People,dc=fnal,dc=gov",
+}
+
+
+# -- a credential cache as MIT writes it (format 4) ---------------------------------------------
+
+
+def _octets(b: bytes) -> bytes:
+    return struct.pack(">I", len(b)) + b
+
+
+def _principal(realm: str, *names: str) -> bytes:
+    out = struct.pack(">II", 1, len(names)) + _octets(realm.encode())
+    return out + b"".join(_octets(n.encode()) for n in names)
+
+
+def _cred(client: bytes, server: bytes, times: tuple[int, int, int, int], flags: int) -> bytes:
+    return (
+        client
+        + server
+        + struct.pack(">H", 18)
+        + _octets(b"k" * 32)
+        + struct.pack(">IIII", *times)
+        + b"\x00"
+        + struct.pack(">I", flags)
+        + struct.pack(">I", 0)
+        + struct.pack(">I", 0)
+        + _octets(b"ticket")
+        + _octets(b"")
+    )
+
+
+def ccache(start: int, end: int, renew: int, *, renewable: bool = True, conf: bool = True) -> bytes:
+    me = _principal("AF.TEST", "alice")
+    header = struct.pack(">HH", 0x0504, 12) + struct.pack(">HH", 1, 8) + b"\0" * 8
+    out = header + me
+    if conf:  # kinit's configuration entries come first in real caches
+        out += _cred(
+            me, _principal("X-CACHECONF:", "krb5_ccache_conf_data", "pa_type"), (0, 0, 0, 0), 0
+        )
+    flags = 0x40000000 | 0x00400000 | (0x00800000 if renewable else 0)
+    return out + _cred(
+        me, _principal("AF.TEST", "krbtgt", "AF.TEST"), (start, start, end, renew), flags
+    )
+
+
+def test_the_tgt_and_its_times_are_read() -> None:
+    t = parse_ccache(ccache(1000, 37000, 605800))
+    assert (t.principal, t.starts_at, t.expires_at, t.renew_until) == (
+        "alice@AF.TEST",
+        1000.0,
+        37000.0,
+        605800.0,
+    )
+    assert t.lifetime == 36000
+    assert parse_ccache(ccache(1000, 37000, 0, renewable=False)).renew_until is None
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x05\x04", b"\x05\x02" + b"\0" * 40, ccache(1, 2, 3)[:-5]], ids=repr
+)
+def test_what_is_not_a_cache_is_refused(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_ccache(data)
+
+
+def test_a_cache_without_a_tgt_is_refused() -> None:
+    me = _principal("AF.TEST", "alice")
+    only_conf = (
+        struct.pack(">HH", 0x0504, 0)
+        + me
+        + _cred(me, _principal("X-CACHECONF:", "krb5_ccache_conf_data", "x"), (0, 0, 0, 0), 0)
+    )
+    with pytest.raises(ValueError, match="no ticket-granting ticket"):
+        parse_ccache(only_conf)
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("10h", 36000),
+        ("7d", 604800),
+        ("1h30m", 5400),
+        ("90s", 90),
+        ("90", 90),
+        (3600, 3600),
+        ("1d2h3m4s", 93784),
+        ("0h", None),
+        ("ten hours", None),
+        ("", None),
+        (True, None),
+        (-5, None),
+        ("5x", None),
+    ],
+)
+def test_durations(text: object, seconds: int | None) -> None:
+    assert kerberos.parse_duration(text) == seconds
+
+
+def test_principal_templating() -> None:
+    assert kerberos.principal_for("{username}@{realm}", "alice", "FNAL.GOV") == "alice@FNAL.GOV"
+    assert kerberos.principal_for("{username}@IHEP.AC.CN", "o'brien", "X") == "o'brien@IHEP.AC.CN"
+    assert kerberos.principal_for("{username}@{realm}", "pat+ops", "R") == "pat+ops@R"
+
+
+@pytest.mark.parametrize("name", ["alice@EVIL.ORG", "alice/admin", "a b", "a\\b", "a\x00", ""])
+def test_names_that_would_change_the_principal_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="cannot be used in a Kerberos principal"):
+        kerberos.principal_for("{username}@{realm}", name, "FNAL.GOV")
+
+
+def problems(section: object) -> dict[str, str]:
+    return dict(LDAP.validate({**LDAP_IDP, "kerberos": section}))
+
+
+def test_a_good_section_has_no_problems_and_gives_settings() -> None:
+    section = {
+        "realm": "FNAL.GOV",
+        "principal": "{username}@FNAL.GOV",
+        "kdc": ["kdc.fnal.gov:88"],
+        "lifetime": "10h",
+        "renew_lifetime": "7d",
+        "required": True,
+        "timeout": 5,
+    }
+    assert problems(section) == {}
+    s = kerberos.KerberosSettings.from_section(section)
+    assert (s.realm, s.lifetime, s.renew_lifetime, s.required, s.kdc, s.timeout) == (
+        "FNAL.GOV",
+        36000,
+        604800,
+        True,
+        ("kdc.fnal.gov:88",),
+        5.0,
+    )
+    d = kerberos.KerberosSettings.from_section({"realm": "AF.TEST"})
+    assert (d.principal, d.lifetime, d.renew_lifetime, d.required) == (
+        "{username}@{realm}",
+        36000,
+        604800,
+        False,
+    )
+
+
+def test_problems_are_reported_with_their_key_paths() -> None:
+    found = problems(
+        {
+            "realm": "fnal.gov",
+            "principal": "{user}@FNAL.GOV",
+            "lifetime": "ten hours",
+            "renew_lifetime": "1h",
+            "kdc": ["kdc one"],
+        }
+    )
+    assert set(found) == {
+        "kerberos.realm",
+        "kerberos.principal",
+        "kerberos.lifetime",
+        "kerberos.kdc[0]",
+    }
+    assert "unknown placeholder '{user}'" in found["kerberos.principal"]
+    assert "10h" in found["kerberos.lifetime"]
+    assert problems({"realm": "A.B", "lifetime": "10h", "renew_lifetime": "1h"}) == {
+        "kerberos.renew_lifetime": "shorter than lifetime: tickets could not be renewed"
+    }
+    assert set(problems({"realm": "A.B", "principal": "{username}"})) == {"kerberos.principal"}
+    assert set(problems({"realm": "A.B", "kdc": ["k:88"], "krb5_conf": "/etc/krb5.conf"})) == {
+        "kerberos.kdc"
+    }
+    unknown = problems({"realm": "A.B", "password": "x"})
+    assert "unknown option for the kerberos section" in unknown["kerberos.password"]
+    assert problems({"lifetime": "1h"}) == {"kerberos.realm": "required for the kerberos section"}
+    assert set(problems("FNAL.GOV")) == {"kerberos"}
+
+
+def test_the_hub_reports_the_whole_path() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config(
+            idps=[{**LDAP_IDP, "kerberos": {"realm": "FNAL.GOV", "lifetime": "x"}}],
+            mapping=[],
+            mappers=[],
+            managed_roles=[],
+            vos=[],
+            linked_identities={},
+            allow_insecure=False,
+            max_username_length=48,
+            log=logging.getLogger("t"),
+        )
+    assert [i.path for i in err.value.issues] == ["idps[0].kerberos.lifetime"]
+
+
+def test_krb5_conf_for_kdcs() -> None:
+    text = kerberos.krb5_conf_text("AF.TEST", ("127.0.0.1:8888", "kdc2"))
+    assert "default_realm = AF.TEST" in text and "dns_lookup_kdc = false" in text
+    assert "    kdc = 127.0.0.1:8888\n    kdc = kdc2\n" in text
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ("kinit: Password incorrect while getting initial credentials", "password"),
+        ("kinit: Client 'x@A' not found in Kerberos database while ...", "unknown"),
+        ("kinit: Cannot contact any KDC for realm 'A' while ...", "unreachable"),
+        ("Password expired.  You must change it now.", "expired"),
+        ("kinit: Ticket expired while renewing credentials", "expired"),
+        ("kinit: something else", "error"),
+    ],
+)
+def test_kinit_failures_are_classified(message: str, kind: str) -> None:
+    assert kerberos.classify(message) == kind
+
+
+# -- the renewal decision -------------------------------------------------------------------------
+
+HOUR = 3600.0
+
+
+@pytest.mark.parametrize(
+    ("now", "renew_until", "action", "at"),
+    [
+        (0.0, 7 * 24 * HOUR, "wait", 10 * HOUR - 600),  # fresh: renew 10 min before the end
+        (10 * HOUR - 601, 7 * 24 * HOUR, "wait", 10 * HOUR - 600),
+        (10 * HOUR - 600, 7 * 24 * HOUR, "renew", 10 * HOUR - 600),  # due
+        (10 * HOUR - 1, 7 * 24 * HOUR, "renew", 10 * HOUR - 1),
+        (10 * HOUR, 7 * 24 * HOUR, "ended", 10 * HOUR),  # expired: cannot be renewed
+        (10 * HOUR - 300, 10 * HOUR, "ended", 10 * HOUR),  # due, renewable lifetime used up
+        (10 * HOUR - 300, None, "ended", 10 * HOUR),  # not renewable
+        (1.0, 10 * HOUR, "wait", 10 * HOUR - 600),  # the last one: wait until it is due
+    ],
+)
+def test_when_a_ticket_is_renewed(
+    now: float, renew_until: float | None, action: str, at: float
+) -> None:
+    assert kerberos.decide(10 * HOUR, renew_until, 0.0, now, 600.0) == kerberos.Decision(action, at)  # type: ignore[arg-type]
+
+
+def test_short_tickets_are_renewed_at_half_their_life() -> None:
+    # a 60 s ticket with a 10 min margin: renewed after 30 s, not on every tick
+    assert kerberos.decide(1060.0, 5000.0, 1000.0, 1010.0, 600.0) == kerberos.Decision(
+        "wait", 1030.0
+    )
+    assert kerberos.decide(1060.0, 5000.0, 1000.0, 1030.0, 600.0).action == "renew"
+    assert kerberos.decide(1060.0, 5000.0, None, 1010.0, 600.0).action == "renew"
+
+
+# -- auth_state -----------------------------------------------------------------------------------
+
+
+def test_the_ticket_is_kept_in_auth_state_and_never_logged() -> None:
+    data = ccache(1000, 37000, 605800)
+    ticket = kerberos.ticket_state(parse_ccache(data), data)
+    identity = Identity("fnal", "alice", "alice", uid=50001, kerberos=ticket)
+    state = build_auth_state(identity)
+    assert state["kerberos"]["principal"] == "alice@AF.TEST"
+    assert state["kerberos"]["renew_until"] == 605800.0
+    assert kerberos.ccache_bytes(state) == data
+    assert base64.b64decode(state["kerberos"]["ccache"]) == data
+    assert redacted(state)["kerberos"] == "<redacted>"
+    assert "ccache" not in repr(identity)
+    assert identity_from_state(state).kerberos == state["kerberos"]
+    assert "kerberos" not in build_auth_state(Identity("fnal", "bob", "bob"))
+    assert kerberos.ccache_bytes({"kerberos": kerberos.no_ticket("bob@A", "why")}) is None
+    assert kerberos.ccache_bytes({"kerberos": {"ccache": "not base64!"}}) is None
