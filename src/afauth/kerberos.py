@@ -94,7 +94,7 @@ def parse_duration(value: object) -> int | None:
 
 def principal_for(template: str, username: str, realm: str) -> str:
     """The principal of ``username``; ValueError when the name cannot be part of one."""
-    if not username or _BAD_NAME.search(username):
+    if not username or _BAD_NAME.search(username) or username.startswith("-"):
         raise ValueError(f"user name {username[:40]!r} cannot be used in a Kerberos principal")
     return template.replace("{username}", username).replace("{realm}", realm)
 
@@ -322,7 +322,7 @@ class Kinit:
         try:
             s = self.settings
             args = ["-l", f"{s.lifetime}s", "-r", f"{s.renew_lifetime}s", "-c", f"FILE:{path}"]
-            await self._run([*args, principal], password.encode() + b"\n", password)
+            await self._run([*args, "--", principal], password.encode() + b"\n", password)
         finally:
             data = await asyncio.to_thread(_read_and_remove_quiet, folder)
         if not data:

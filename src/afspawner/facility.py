@@ -102,6 +102,26 @@ class FlavorGPU:
 
 
 @dataclass(frozen=True)
+class DaskSize:
+    """CPU and memory of one Dask worker (a named size) or of the scheduler."""
+
+    name: str
+    cpu_millis: int
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class DaskSpec:
+    """What a flavor lets its users run as Dask clusters (``flavors[].dask``; docs/dask.md)."""
+
+    image: str  # the flavor's image unless the block names one
+    scheduler: DaskSize
+    worker_sizes: tuple[DaskSize, ...]  # the first is the default
+    max_workers: int | None  # per cluster
+    max_cores_millis: int | None  # workers' CPU per cluster
+
+
+@dataclass(frozen=True)
 class Flavor:
     """An environment a user can pick ("CMS EL9 interactive", "ML GPU T4")."""
 
@@ -121,6 +141,7 @@ class Flavor:
     default: bool
     idle: IdleLimits = field(default_factory=IdleLimits)
     image_choice: ImageChoice | None = None  # None: the flavor's image only
+    dask: DaskSpec | None = None  # None: no Dask clusters with this flavor
 
 
 @dataclass(frozen=True)

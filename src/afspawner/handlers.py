@@ -24,7 +24,7 @@ from afspawner.overview import ALL, SCOPE, FacilityView, Viewer, facility_view, 
 from afspawner.runtime import Runtime
 from afspawner.spawner import AFSpawner
 
-_PROBE = "afspawner_facility_probe"
+_PROBE = PROBE = "afspawner_facility_probe"  # the settings key of the configuration probe
 _SCOPES = (SCOPE, "admin:users")
 
 

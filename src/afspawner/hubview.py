@@ -9,6 +9,7 @@ before it finishes). The sweep and the ledger compare everything with this view.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from jupyterhub import orm
@@ -42,14 +43,17 @@ class HubView:
     def __init__(self, db: Any) -> None:
         self.db = db
         self._spawners: weakref.WeakSet[Any] = weakref.WeakSet()
+        # more keys the sweep leaves alone (afspawner.daskapi: the Dask clusters' leases)
+        self.also_busy: list[Callable[[], Iterable[ServerKey]]] = []
 
     def add(self, spawner: Any) -> None:
         self._spawners.add(spawner)
 
     def busy(self) -> frozenset[ServerKey]:
-        return frozenset(
-            (str(s.user.name), str(s.name or "")) for s in list(self._spawners) if busy(s)
-        )
+        keys = {(str(s.user.name), str(s.name or "")) for s in list(self._spawners) if busy(s)}
+        for source in self.also_busy:
+            keys.update(source())
+        return frozenset(keys)
 
     def __call__(self) -> ServerView:
         return ServerView(servers_with_a_row(self.db), self.busy())

@@ -92,6 +92,8 @@ def _check_text(text: object, what: str) -> str:
         raise ImageError(f"{what} may not contain spaces, control or non-ASCII characters")
     if "://" in text:
         raise ImageError(f"{what} is not a URL: write it without a scheme (quay.io/org/name:tag)")
+    if ".." in text:
+        raise ImageError(f"{what} may not contain '..'")
     if text.count("@") > 1:
         raise ImageError(f"{what} has more than one '@'")
     return text
@@ -205,6 +207,25 @@ def parse_pattern(text: object) -> Pattern:
     )
 
 
+@dataclass(frozen=True)
+class TagPattern:
+    """A pattern of ``image_choice.tags``: ``*`` matches any run of tag characters."""
+
+    text: str
+    regex: re.Pattern[str]
+
+
+def tag_pattern(text: object) -> TagPattern:
+    """Compile a tag pattern, or raise :class:`ImageError`."""
+    if not isinstance(text, str) or not text:
+        raise ImageError("a tag pattern must be a non-empty string")
+    if "**" in text or not _TAG.fullmatch(re.sub(r"\*+", "x", text)):
+        raise ImageError(
+            f"'{text[:60]}' is not a tag pattern (letters, digits, '_', '.', '-' and '*')"
+        )
+    return TagPattern(text, _glob(text, double=False))
+
+
 def check_image(
     text: object | Reference,
     allow: Sequence[Pattern],
@@ -225,25 +246,6 @@ def check_image(
             f"image '{ref}' must be pinned by digest (name@sha256:...), so that it cannot change"
         )
     return ref
-
-
-@dataclass(frozen=True)
-class TagPattern:
-    """A pattern of ``image_choice.tags``: ``*`` matches any run of tag characters."""
-
-    text: str
-    regex: re.Pattern[str]
-
-
-def tag_pattern(text: object) -> TagPattern:
-    """Compile a tag pattern, or raise :class:`ImageError`."""
-    if not isinstance(text, str) or not text:
-        raise ImageError("a tag pattern must be a non-empty string")
-    if "**" in text or not _TAG.fullmatch(re.sub(r"\*+", "x", text)):
-        raise ImageError(
-            f"'{text[:60]}' is not a tag pattern (letters, digits, '_', '.', '-' and '*')"
-        )
-    return TagPattern(text, _glob(text, double=False))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from afcore.quantity import cpu_millis, memory_bytes
 from afcore.registry import PluginError
 from afcore.templates import PATH_FIELDS, template_problem
 from afspawner.culling import idle_limits
+from afspawner.daskspec import load_dask
 from afspawner.facility import (
     VO,
     Facility,
@@ -258,6 +259,7 @@ _FLAVOR_KEYS = {
     "default",
     "idle",
     "image_choice",
+    "dask",
 }
 
 
@@ -345,6 +347,7 @@ def _flavor(c: Checker, raw: object, path: str) -> Flavor | None:
         image_choice=load_image_choice(c, data["image_choice"], f"{path}.image_choice", image)
         if "image_choice" in data
         else None,
+        dask=load_dask(c, data["dask"], f"{path}.dask", image) if "dask" in data else None,
     )
 
 

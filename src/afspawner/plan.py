@@ -57,16 +57,17 @@ class LaunchPlan:
     """What to run, decided by policy; backends add only their own mechanics.
 
     ``env`` is the server's complete environment from policy (flavor variables, the identity
-    as ``NB_*``, ``AF_FLAVOR``/``AF_VO``); every backend passes it unchanged and it wins over
-    the hub's own ``JUPYTERHUB_*`` variables. ``namespace`` is the VO's own namespace
-    (``None``: the backend's default). ``allow_root`` says the site allows uid/gid 0.
+    as ``NB_*``, the image as ``JUPYTER_IMAGE_SPEC``/``JUPYTER_IMAGE``, ``AF_FLAVOR``/``AF_VO``);
+    every backend passes it unchanged and it wins over the hub's own ``JUPYTERHUB_*`` variables.
+    ``namespace`` is the VO's own namespace (``None``: the backend's default). ``allow_root``
+    says the site allows uid/gid 0. The local backend runs no container and ignores ``image``.
     """
 
     username: str
     server_name: str  # "" for the default server
     vo: str | None
     flavor: str
-    image: str
+    image: str  # the flavor's image, a preset, or a user's allowed choice (canonical form)
     cpu_millis: int
     memory_bytes: int
     cpu_limit_millis: int | None

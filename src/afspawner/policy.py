@@ -185,11 +185,14 @@ def _gpu(fac: Facility, flavor: Flavor, vo: str | None, asked: int | None) -> GP
 
 def _image(flavor: Flavor, asked: str | None) -> str:
     """The image to run: the flavor's, a preset, or an allowed typed one (else Refusal)."""
-    if asked is None:
+    if asked is None or asked == flavor.image:
         return flavor.image
+    ref = reference_or_none(asked)
+    if ref is None:  # parse_options refuses these first; SpawnOptions may be built directly
+        raise Refusal(f"option 'image' is not a valid image reference: {str(asked)[:80]!r}", 400)
     choice = flavor.image_choice
     if choice is None:
-        if asked == flavor.image or reference_or_none(flavor.image) == parse_reference(asked):
+        if reference_or_none(flavor.image) == ref:
             return flavor.image
         raise Refusal(
             f"flavor '{flavor.name}' does not let you choose an image (it runs "

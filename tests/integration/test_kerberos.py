@@ -8,6 +8,8 @@ server process's own environment).
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
 import os
 import re
@@ -25,7 +27,18 @@ from jupyterhub.utils import url_path_join
 
 from afauth.errors import AuthFailure
 from afauth.idps.ldap import LDAP
+from afauth.kerberos import KerberosSettings, Kinit, ticket_state
+from afauth.krb5cache import parse_ccache
 from integration.authhub import AuthHub, auth_hub
+from integration.spawnkit import (
+    facility,
+    kube_http,
+    make_user,
+    new_namespace,
+    request_spawn,
+    spawn_result,
+    stop_server,
+)
 from integration.test_auth_ldap import MAPPING, ldap_idp
 from integration.test_token_renewal import stop_everything, wait_until
 from testbed.krb5.fixtures import krb5_testbed, krb5_testbed_factory
@@ -262,3 +275,57 @@ async def test_refresher_renews_the_ticket_then_stops_and_tells_the_user(
             assert secret not in caplog.text
     finally:
         await stop_everything(hub)
+
+
+# -- Kubernetes: the credential cache in its own Secret -------------------------------------------
+
+
+async def _krb5_secret(cluster: Any, ns: str, name: str) -> bytes | None:
+    async with kube_http(cluster) as k:
+        r = await k.get(f"/api/v1/namespaces/{ns}/secrets/{name}")
+    if r.status_code == 404:
+        return None
+    return base64.b64decode(r.json()["data"]["krb5cc"])
+
+
+@pytest.mark.k8s
+async def test_kubernetes_ccache_secret_follows_auth_state(
+    af_hub: Any, k8s_cluster: Any, pod_stub: Any, krb5_testbed: KDCTestbed
+) -> None:
+    kinit = Kinit(KerberosSettings(realm=krb5_testbed.realm, kdc=(krb5_testbed.kdc,)))
+    ccache = await kinit.obtain("bob@AF.TEST", "bob-password")
+    ns = await new_namespace(k8s_cluster)
+    app = await af_hub(
+        facility(),
+        spawner={"backend_options": {"kubeconfig": str(k8s_cluster.kubeconfig), "namespace": ns}},
+    )
+    ticket = ticket_state(parse_ccache(ccache), ccache)
+    state = {"uid": 50002, "gid": 9010, "vos": ["cms"], "kerberos": ticket}
+    user = await make_user(app, "kbob", auth_state=state)
+    try:
+        r = await request_spawn(app, "kbob", {"flavor": "cms-el9"})
+        assert r.status_code in (201, 202), r.text
+        await spawn_result(app, "kbob")
+        assert await _krb5_secret(k8s_cluster, ns, "jupyter-kbob-krb5") == ccache
+        async with kube_http(k8s_cluster) as k:
+            pod = (await k.get(f"/api/v1/namespaces/{ns}/pods/jupyter-kbob")).json()
+        [c] = pod["spec"]["containers"]
+        assert {"name": "KRB5CCNAME", "value": "FILE:/etc/af-krb5/krb5cc"} in c["env"]
+        assert "BEARER_TOKEN_FILE" not in str(c["env"])  # an LDAP login: no OIDC token
+        assert ticket["ccache"] not in str(pod)
+        # the hub renewed the ticket: the next poll rewrites the Secret
+        await asyncio.sleep(1.1)
+        renewed = await kinit.renew(ccache)
+        assert parse_ccache(renewed).expires_at > parse_ccache(ccache).expires_at
+        new_state = {**state, "kerberos": ticket_state(parse_ccache(renewed), renewed)}
+        await user.save_auth_state(new_state)
+        spawner = user.spawners[""]
+        assert await spawner.poll() is None
+        assert await _krb5_secret(k8s_cluster, ns, "jupyter-kbob-krb5") == renewed
+        # no ticket any more (it expired): the Secret's value is emptied, not left stale
+        await spawner.auth_state_updated({**state, "kerberos": {**ticket, "ccache": None}})
+        assert await _krb5_secret(k8s_cluster, ns, "jupyter-kbob-krb5") == b""
+        await stop_server(app, "kbob")
+        assert await _krb5_secret(k8s_cluster, ns, "jupyter-kbob-krb5") is None
+    finally:
+        kinit.close()

@@ -337,3 +337,9 @@ def test_afhub_render_takes_an_image() -> None:
     code, out, err = render("--image", "evil.example/miner:1")
     assert code == 2 and out == ""
     assert "refused (403): image 'evil.example/miner:1' is not allowed here" in err
+
+
+def test_resolve_refuses_a_malformed_image_given_directly() -> None:
+    with pytest.raises(Refusal, match="not a valid image reference") as refused:
+        resolve(FAC, ALICE, SpawnOptions("pangeo", image="Evil Image"), IDENT)
+    assert refused.value.status == 400
