@@ -6,17 +6,20 @@ unless the named ``AF_SITE_*`` environment variable is set. Only the test bed se
 (tests/integration/test_sites.py); a production hub sets none, and an operator who copies a
 site directory may delete this module and the ``setting(...)`` calls.
 
-| variable | replaces |
-|---|---|
-| `AF_SITE_STATE_DIR` | the hub's persistent directory (`/srv/jupyterhub`: database, cookie secret, name bindings, uid pool) |
-| `AF_SITE_SECRETS_DIR` | the directory of client secrets, LDAP bind password, Prometheus token (`/etc/jupyterhub/secrets`) |
-| `AF_SITE_PUBLIC_URL` | the hub's public URL (OIDC redirect URIs are built from it) |
-| `AF_SITE_ISSUER_<IDP>` | the issuer of OIDC IdP `<idp>` (upper case, `-` → `_`: `AF_SITE_ISSUER_ESCAPE_IAM`) |
-| `AF_SITE_LDAP_URL` | the LDAP servers (comma-separated) |
-| `AF_SITE_LDAP_CA_FILE` | the CA bundle of the LDAP servers |
-| `AF_SITE_LDAP_BASE` | the directory suffix (`dc=...`) of the bind DN and the search bases |
-| `AF_SITE_KUBECONFIG` | a kubeconfig (production: the in-cluster ServiceAccount) |
-| `AF_SITE_GITHUB_STANDIN` | an OIDC issuer that replaces GitHub, reached through oauthenticator's GenericOAuthenticator (GitHub cannot be reached from the test bed) |
+Variables (each replaces one production value):
+
+- ``AF_SITE_STATE_DIR``: the hub's persistent directory (``/srv/jupyterhub``: database, cookie
+  secret, name bindings, uid pool);
+- ``AF_SITE_SECRETS_DIR``: client secrets, LDAP bind password, Prometheus token
+  (``/etc/jupyterhub/secrets``);
+- ``AF_SITE_PUBLIC_URL``: the hub's public URL (OIDC redirect URIs are built from it);
+- ``AF_SITE_ISSUER_<IDP>``: the issuer of OIDC IdP ``<idp>`` (upper case, ``-`` → ``_``:
+  ``AF_SITE_ISSUER_ESCAPE_IAM``);
+- ``AF_SITE_LDAP_URL`` (comma-separated), ``AF_SITE_LDAP_CA_FILE``, ``AF_SITE_LDAP_BASE``: the
+  LDAP servers, their CA bundle, the directory suffix of the bind DN and search bases;
+- ``AF_SITE_KUBECONFIG``: a kubeconfig (production: the in-cluster ServiceAccount);
+- ``AF_SITE_GITHUB_STANDIN``: an OIDC issuer that replaces GitHub, reached through
+  oauthenticator's GenericOAuthenticator (GitHub cannot be reached from the test bed).
 
 The servers' namespace comes from ``POD_NAMESPACE`` as in any deployment (docs/spawner.md).
 """

@@ -29,7 +29,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 from traitlets import Bool, Dict, Float, Integer, List, Set, Unicode, default
 
-from afauth import scrub, unattended
+from afauth import exchange, scrub, unattended
 from afauth.bindings import Binding, BindingStore
 from afauth.config import AuthConfig, build_config
 from afauth.errors import AuthFailure
@@ -264,7 +264,8 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
             stage = "binding"
             identity = await self._bind(identity)
             stage = "access"
-            return self.auth_model(idp, identity, getattr(handler, "db", None))
+            model = self.auth_model(idp, identity, getattr(handler, "db", None))
+            return await exchange.with_service_tokens(idp, model)  # afauth.exchange
         except AuthFailure as exc:
             self.log.warning("sign-in via %s refused: %s", idp.name, exc.detail or exc.message)
             error = web.HTTPError(exc.status, exc.message)
@@ -448,6 +449,7 @@ class AFAuthenticator(Authenticator):  # type: ignore[misc]  # jupyterhub is unt
             model = self.auth_model(idp, dataclasses.replace(identity, username=user.name), user.db)
             if not self.check_blocked_users(user.name, model):
                 return False
+            model = await exchange.with_service_tokens(idp, model, state)  # new token: new ones
         except AuthFailure as exc:
             if keep_during_outage(exc.status, state.get("expires_at"), time.time()):
                 self.log.warning("refresh of %s postponed: %s", user.name, exc.detail)

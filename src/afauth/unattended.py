@@ -18,7 +18,7 @@ from typing import Any
 
 from tornado import web
 
-from afauth import kerberos
+from afauth import exchange, kerberos
 from afauth.errors import AuthFailure
 from afauth.refresh import REAUTH_KEY, Refreshed, Refresher
 from afauth.renewal import Outcome, Timing, is_due
@@ -111,6 +111,7 @@ async def _renew(
         auth.check_blocked_users(user.name, model)  # raises 403 when blocked
         if not (auth.allow_all or auth.check_allowed(user.name, model)):
             raise AuthFailure("You are no longer allowed to use this hub.", detail="not allowed")
+        model = await exchange.with_service_tokens(idp, model, state)  # per-service tokens
     except AuthFailure as exc:
         if exc.status == 503:
             auth.log.warning("token refresh of %s postponed: %s", user.name, exc.detail)
@@ -130,6 +131,7 @@ async def _renew(
         "token refresh of %s refused (%s): its servers' tokens are removed", user.name, detail
     )
     flagged = {**state, "access_token": None, "refresh_token": None, "expires_at": None}
+    flagged.pop(exchange.STATE_KEY, None)
     flagged[REAUTH_KEY] = f"Your servers' tokens were removed. {message}"
     await user.save_auth_state(flagged)
     await hand_to_servers(auth, user, flagged)

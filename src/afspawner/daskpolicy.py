@@ -280,3 +280,35 @@ def grant_workers(
 
 def is_lease(server_name: str) -> bool:
     return server_name.startswith(LEASE_PREFIX)
+
+
+# -- from the notebook -------------------------------------------------------------------------
+GATEWAY_KEYS = {
+    "address": "DASK_GATEWAY__ADDRESS",
+    "proxy_address": "DASK_GATEWAY__PROXY_ADDRESS",
+    "public_address": "DASK_GATEWAY__PUBLIC_ADDRESS",
+}
+
+
+def gateway_env(settings: Mapping[str, object]) -> dict[str, str]:
+    """The server environment that makes ``dask_gateway.Gateway()`` work without arguments
+    (``AFSpawner.dask_gateway``: ``address`` required, ``proxy_address``/``public_address``
+    optional); the client authenticates with the server's ``JUPYTERHUB_API_TOKEN``."""
+    if not settings:
+        return {}
+    unknown = sorted(str(k) for k in settings if k not in GATEWAY_KEYS)
+    if unknown:
+        raise ValueError(
+            f"c.AFSpawner.dask_gateway: unknown key(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(GATEWAY_KEYS)}"
+        )
+    if not isinstance(settings.get("address"), str) or not settings["address"]:
+        raise ValueError("c.AFSpawner.dask_gateway.address: required (the gateway's URL)")
+    env = {"DASK_GATEWAY__AUTH__TYPE": "jupyterhub"}
+    for key, name in GATEWAY_KEYS.items():
+        value = settings.get(key)
+        if value is not None:
+            if not isinstance(value, str):
+                raise ValueError(f"c.AFSpawner.dask_gateway.{key}: must be a string")
+            env[name] = value
+    return env

@@ -35,6 +35,7 @@ TOKEN_DIR = "/etc/af-token"  # noqa: S105 - a path, not a secret
 TOKEN_KEY = "bearer_token"  # noqa: S105 - a Secret key name
 KRB5_DIR = "/etc/af-krb5"
 KRB5_KEY = "krb5cc"
+SERVICES_DIR = "/etc/af-tokens"  # $AF_TOKENS_DIR: one file per service token
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Objects:
     claims: tuple[dict[str, Any], ...]
     token_secret: dict[str, Any] | None = None
     krb5_secret: dict[str, Any] | None = None
+    services_secret: dict[str, Any] | None = None
 
 
 def token_secret_name(pod: str) -> str:
@@ -65,6 +67,24 @@ def token_secret_name(pod: str) -> str:
 
 def krb5_secret_name(pod: str) -> str:
     return f"{pod}-krb5"
+
+
+def services_secret_name(pod: str) -> str:
+    return f"{pod}-services"
+
+
+def services_secret(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    tokens: Mapping[str, str],
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Secret behind ``$AF_TOKENS_DIR``: one key per service token (afauth.exchange);
+    a service without a token has no key, so no file."""
+    secret = token_secret(name, namespace, labels, "", annotations)
+    secret["stringData"] = {k: v for k, v in tokens.items() if v}
+    return secret
 
 
 def krb5_secret(
@@ -308,11 +328,22 @@ def _mount_krb5(spec: dict[str, Any], container: dict[str, Any], secret_name: st
     container["env"].append({"name": "KRB5CCNAME", "value": f"FILE:{KRB5_DIR}/{KRB5_KEY}"})
 
 
+def _mount_services(spec: dict[str, Any], container: dict[str, Any], secret_name: str) -> None:
+    """Mount the service tokens read-only as a directory (every key a file; keys added or
+    removed later appear or vanish with the kubelet's sync) named by ``$AF_TOKENS_DIR``."""
+    volume = {"secretName": secret_name, "defaultMode": 0o440}
+    spec["volumes"].append({"name": "af-services", "secret": volume})
+    mount = {"name": "af-services", "mountPath": SERVICES_DIR, "readOnly": True}
+    container["volumeMounts"].append(mount)
+    container["env"].append({"name": "AF_TOKENS_DIR", "value": SERVICES_DIR})
+
+
 def make_objects(
     plan: LaunchPlan,
     settings: PodSettings,
     bearer_token: str | None = None,
     krb5_ccache: bytes | None = None,
+    service_tokens: Mapping[str, str] | None = None,
 ) -> Objects:
     """The Secrets, claims and Pod that run ``plan``.
 
@@ -344,6 +375,12 @@ def make_objects(
     if krb5_ccache is not None:
         krb5 = krb5_secret(krb5_secret_name(name), settings.namespace, labels, krb5_ccache, owner)
         _mount_krb5(spec, container, krb5_secret_name(name))
+    services = None
+    if service_tokens is not None:
+        services = services_secret(
+            services_secret_name(name), settings.namespace, labels, service_tokens, owner
+        )
+        _mount_services(spec, container, services_secret_name(name))
     meta = {"name": name, "namespace": settings.namespace, "labels": labels}
     annotations = {**owner, RESERVATION_ANNOTATION: reservation_annotation(plan)}
     pod = {
@@ -360,4 +397,4 @@ def make_objects(
         "stringData": dict(settings.hub_env),
     }
     claims = tuple(_home_claim(c, plan, settings) for r in rendered for c in r.claims)
-    return Objects(pod=pod, secret=secret, claims=claims, token_secret=token, krb5_secret=krb5)
+    return Objects(pod, secret, claims, token, krb5, services)

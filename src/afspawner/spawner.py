@@ -8,10 +8,7 @@ raised before anything is created.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hashlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
@@ -22,10 +19,11 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
 
-from afspawner import metrics, pipeline
+from afspawner import credentials, metrics, pipeline
 from afspawner.admission import WaitSettings
 from afspawner.backends import Backend, LaunchFailed, LaunchRequest, Started, backends
 from afspawner.culling import NOTICE_KEY, notice_html
+from afspawner.daskpolicy import gateway_env
 from afspawner.facility import Facility
 from afspawner.form import options_form, options_from_form
 from afspawner.hubcull import attach as attach_culling
@@ -34,10 +32,6 @@ from afspawner.plan import LaunchPlan, UserIdentity
 from afspawner.policy import PolicySettings, Refusal, UserContext, parse_options
 from afspawner.runtime import Runtime, create_runtime, get_runtime
 from afspawner.uid import PoolSettings, SourceConfig, resolve_identity, source_config, sources_for
-
-
-def _digest(token: str | bytes) -> str:
-    return hashlib.sha256(token.encode() if isinstance(token, str) else token).hexdigest()
 
 
 def _launch_timeout(start_timeout: float) -> float:
@@ -125,6 +119,17 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         help="Give servers the user's Kerberos credential cache (auth_state 'kerberos', from an "
         "LDAP IdP with a kerberos section) as $KRB5CCNAME and rewrite it when the hub renews it.",
     )
+    dask_gateway = Dict(
+        config=True,
+        help="The site's Dask Gateway as servers reach it: {address, proxy_address, "
+        "public_address}; sets DASK_GATEWAY__* so dask_gateway.Gateway() needs no arguments "
+        "(docs/dask.md).",
+    )
+
+    def get_env(self) -> dict[str, str]:
+        env: dict[str, str] = super().get_env()
+        env.update(gateway_env(self.dask_gateway))
+        return env
 
     @default("port")
     def _default_port(self) -> int:
@@ -166,6 +171,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         self._events: list[str] = []
         self._event_signal = asyncio.Event()
         self._login_state: Mapping[str, Any] | None = None
+        self._launch_services: Mapping[str, str] = {}  # this spawn's service tokens
         self._admitted: tuple[LaunchPlan, Mapping[str, Any]] | None = None
         self._stop_notice: dict[str, str] | None = None  # why the hub stopped the last server
         self._uid_config: SourceConfig | None = None
@@ -304,6 +310,8 @@ class AFSpawner(Spawner):  # type: ignore[misc]
         plan, auth_state = admitted
         token = self._bearer_token(auth_state)
         ccache = self._ccache(auth_state)
+        services = credentials.services_of(auth_state) if token else {}  # afauth.exchange
+        self._launch_services = services
         try:
             started = await self._launch(rt, plan, token, ccache)
         except BaseException as exc:
@@ -319,9 +327,11 @@ class AFSpawner(Spawner):  # type: ignore[misc]
             raise
         self._state = {**started.state, "vo": plan.vo, "flavor": plan.flavor}
         if token is not None:
-            self._state["token_sha"] = _digest(token)
+            self._state["token_sha"] = credentials.digest(token)
         if ccache is not None:
-            self._state["ccache_sha"] = _digest(ccache)
+            self._state["ccache_sha"] = credentials.digest(ccache)
+        if services:
+            self._state["services_sha"] = credentials.digest(credentials.encode_services(services))
         metrics.record_outcome("success", plan)
         self._stop_notice = None
         self._progress(f"Server running ({plan.flavor})")
@@ -383,6 +393,7 @@ class AFSpawner(Spawner):  # type: ignore[misc]
             _launch_timeout(float(self.start_timeout)),
             token,
             krb5_ccache=ccache,
+            service_tokens=self._launch_services or None,  # afauth.exchange's tokens
         )
 
     async def _launch(
@@ -434,55 +445,29 @@ class AFSpawner(Spawner):  # type: ignore[misc]
             await self._sync_token(self.runtime, auth_state)
 
     async def _sync_token(self, rt: Runtime, auth_state: Mapping[str, Any] | None = None) -> None:
-        """Rewrite the server's token file when the hub has refreshed the token; empty it
-        when the auth_state has none any more (the IdP revoked the session)."""
+        """Rewrite the server's token file (and Kerberos credential cache) when the hub has
+        refreshed it; remove it when the auth_state has none any more (the IdP revoked the
+        session, the ticket expired)."""
         state = await self._auth_state() if auth_state is None else auth_state
-        if "ccache_sha" in self._state:
-            await self._sync_ccache(rt, state)
-        if "token_sha" not in self._state:
-            return
-        token = self._bearer_token(state) or ""
-        digest = _digest(token) if token else ""
-        if digest == self._state.get("token_sha"):
-            return
-        try:
-            await rt.backend.update_token(self._state, token)
-        except Exception as exc:  # keep polling; the next poll tries again
-            self.log.warning(
-                "could not update the token of %s: %s", self._log_name, type(exc).__name__
+        name = self._log_name
+        if "token_sha" in self._state:
+            token = self._bearer_token(state) or ""
+            update = rt.backend.update_token
+            await credentials.sync(
+                self._state, "token_sha", token, update, self.log, f"bearer token of {name}"
             )
-            return
-        self._state["token_sha"] = digest
-        done = "refreshed" if token else "removed"
-        self.log.info("%s the bearer token of %s", done, self._log_name)
+        if "ccache_sha" in self._state:  # the Kerberos ticket (renewed, or a new login's)
+            data = self._ccache(state) or b""
+            update_cc = rt.backend.update_ccache
+            await credentials.sync(
+                self._state, "ccache_sha", data, update_cc, self.log, f"Kerberos ticket of {name}"
+            )
+        if "services_sha" in self._state:  # per-service tokens ($AF_TOKENS_DIR)
+            tokens, update_sv = credentials.services_of(state), rt.backend.update_services
+            await credentials.sync_services(self._state, tokens, update_sv, self.log, name)
 
     def _ccache(self, auth_state: Mapping[str, Any]) -> bytes | None:
-        """The Kerberos credential cache of the auth_state (docs/auth_state.md), if any."""
-        krb = auth_state.get("kerberos") if self.pass_kerberos_ticket else None
-        value = krb.get("ccache") if isinstance(krb, Mapping) else None
-        try:
-            return base64.b64decode(value, validate=True) if isinstance(value, str) else None
-        except (binascii.Error, ValueError):
-            return None
-
-    async def _sync_ccache(self, rt: Runtime, state: Mapping[str, Any]) -> None:
-        """Rewrite the server's credential cache when the hub has renewed the ticket (or the
-        user signed in again); remove it when the auth_state has none."""
-        data = self._ccache(state) or b""
-        digest = _digest(data) if data else ""
-        if digest == self._state.get("ccache_sha"):
-            return
-        try:
-            await rt.backend.update_ccache(self._state, data)
-        except Exception as exc:  # keep polling; the next poll tries again
-            self.log.warning(
-                "could not update the Kerberos ticket of %s: %s", self._log_name, type(exc).__name__
-            )
-            return
-        self._state["ccache_sha"] = digest
-        self.log.info(
-            "%s the Kerberos ticket of %s", "renewed" if data else "removed", self._log_name
-        )
+        return credentials.ccache_of(auth_state) if self.pass_kerberos_ticket else None
 
     async def _remove_leftovers(self, rt: Runtime) -> None:
         rt.ledger.release(self.user.name, self.name)

@@ -292,3 +292,70 @@ def test_the_ticket_is_kept_in_auth_state_and_never_logged() -> None:
     assert "kerberos" not in build_auth_state(Identity("fnal", "bob", "bob"))
     assert kerberos.ccache_bytes({"kerberos": kerberos.no_ticket("bob@A", "why")}) is None
     assert kerberos.ccache_bytes({"kerberos": {"ccache": "not base64!"}}) is None
+
+
+# -- renew_ticket: what the refresher saves (kinit replaced by a stub; the real one is in
+# -- tests/integration/test_kerberos.py) -----------------------------------------------------------
+
+
+class StubKinit(kerberos.Kinit):
+    def __init__(self, result: bytes | kerberos.KinitFailed) -> None:
+        super().__init__(kerberos.KerberosSettings(realm="AF.TEST"))
+        self.result = result
+        self.calls = 0
+
+    async def renew(self, ccache: bytes) -> bytes:
+        self.calls += 1
+        if isinstance(self.result, kerberos.KinitFailed):
+            raise self.result
+        return self.result
+
+
+def login_state(start: int, end: int, renew: int) -> dict[str, Any]:
+    data = ccache(start, end, renew)
+    return {"idp": "fnal", "kerberos": kerberos.ticket_state(parse_ccache(data), data)}
+
+
+async def test_a_due_ticket_is_renewed_and_saved() -> None:
+    state = login_state(0, 3600, 86400)
+    stub = StubKinit(ccache(3000, 6600, 86400))
+    step = await kerberos.renew_ticket(stub, state, margin=600, now=3000)
+    assert step.kind == "renewed" and step.state is not None and stub.calls == 1
+    assert step.state["kerberos"]["expires_at"] == 6600 == step.expires_at
+    assert step.lifetime == 3600 and step.state["idp"] == "fnal"
+    waiting = await kerberos.renew_ticket(stub, state, margin=600, now=100)
+    assert (waiting.kind, waiting.state, waiting.expires_at, stub.calls) == ("valid", None, 3600, 1)
+
+
+async def test_a_kdc_outage_keeps_the_ticket_and_retries() -> None:
+    stub = StubKinit(kerberos.KinitFailed("unreachable", "Cannot contact any KDC"))
+    step = await kerberos.renew_ticket(stub, login_state(0, 3600, 86400), margin=600, now=3100)
+    assert step == kerberos.Step("outage")
+
+
+async def test_the_end_of_the_renewable_lifetime_flags_the_session() -> None:
+    stub = StubKinit(ccache(0, 1, 2))
+    state = login_state(0, 3600, 3600)
+    step = await kerberos.renew_ticket(stub, state, margin=600, now=3100)
+    assert step.kind == "revoked" and step.state is not None and stub.calls == 0
+    assert step.state["signed_out"] == (
+        "Your Kerberos ticket ends at 1970-01-01 01:00 UTC and cannot be renewed any more "
+        "(its renewable lifetime ends). Sign in again to get a new one."
+    )
+    assert step.state["kerberos"] == state["kerberos"]  # still valid for 500 s: kept
+    # flagged: nothing more to do
+    assert (await kerberos.renew_ticket(stub, step.state, margin=600, now=3200)).kind == "idle"
+
+
+async def test_a_refused_or_expired_ticket_is_removed() -> None:
+    refused = StubKinit(kerberos.KinitFailed("error", "Client's credentials have been revoked"))
+    step = await kerberos.renew_ticket(refused, login_state(0, 3600, 86400), margin=600, now=3100)
+    assert step.kind == "revoked" and step.state is not None
+    assert "the KDC did not renew it (kinit failed)" in step.state["signed_out"]
+    expired = await kerberos.renew_ticket(
+        refused, login_state(0, 3600, 86400), margin=600, now=4000
+    )
+    assert expired.state is not None and expired.state["kerberos"]["ccache"] is None
+    assert "ended at" in expired.state["kerberos"]["error"]
+    assert refused.calls == 1  # an expired ticket cannot be renewed: not even tried
+    assert (await kerberos.renew_ticket(refused, {"kerberos": None}, margin=600)).kind == "idle"

@@ -5,11 +5,15 @@ left in the user's directory."""
 from __future__ import annotations
 
 import base64
+import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from afspawner import credentials
 from afspawner.backends.local import _rewrite_token, _write_token
 from afspawner.manifests import krb5_secret, make_objects
 from afspawner.spawner import AFSpawner
@@ -93,3 +97,25 @@ def test_the_spawner_reads_the_ccache_of_auth_state() -> None:
     assert spawner._ccache({}) is None
     spawner.pass_kerberos_ticket = False
     assert spawner._ccache({"kerberos": {"ccache": encoded}}) is None
+
+
+async def test_a_credential_is_rewritten_once_and_retried_after_a_failure() -> None:
+    calls: list[bytes] = []
+    failing = [True]
+
+    async def update(state: Mapping[str, Any], value: bytes) -> None:
+        calls.append(value)
+        if failing[0]:
+            raise OSError("disk full")
+
+    state: dict[str, Any] = {"ccache_sha": credentials.digest(b"old")}
+    log = logging.getLogger("test")
+    await credentials.sync(state, "ccache_sha", b"old", update, log, "ticket")
+    assert calls == []  # the server has it
+    await credentials.sync(state, "ccache_sha", b"new", update, log, "ticket")
+    assert calls == [b"new"] and state["ccache_sha"] == credentials.digest(b"old")  # retried
+    failing[0] = False
+    await credentials.sync(state, "ccache_sha", b"new", update, log, "ticket")
+    assert state["ccache_sha"] == credentials.digest(b"new")
+    await credentials.sync(state, "ccache_sha", b"", update, log, "ticket")
+    assert calls[-1] == b"" and state["ccache_sha"] == ""

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from traitlets.config import Config, PyFileConfigLoader
+from traitlets.config import Config
+from traitlets.config.loader import PyFileConfigLoader
 
 from afauth.config import AuthConfig, build_config
 from afauth.idps.oauth import OAuthenticatorIdP
@@ -174,3 +176,21 @@ def test_leap_github_typo_is_refused_with_its_key_path(monkeypatch: pytest.Monke
     github["options"]["allowed_organisations"] = github["options"].pop("allowed_organizations")
     with pytest.raises(Exception, match=r"idps\[0\]\.options\.allowed_organisations"):
         auth_config(c)
+
+
+def test_fermilab_optional_kerberos_block_is_valid(tmp_path: Path) -> None:
+    """``GET_KERBEROS_TICKETS = True`` gives a kerberos section the hub accepts."""
+    copy = tmp_path / "examples"
+    (copy / "sites" / "fermilab-eaf").mkdir(parents=True)
+    (copy / "facilities").mkdir()
+    shutil.copy(SITES_DIR / "_site_env.py", copy / "sites")
+    shutil.copy(SITES_DIR.parent / "facilities" / "fermilab-eaf.yaml", copy / "facilities")
+    source = (SITES_DIR / "fermilab-eaf" / "jupyterhub_config.py").read_text(encoding="utf-8")
+    assert source.count("GET_KERBEROS_TICKETS = False") == 1
+    (copy / "sites" / "fermilab-eaf" / "jupyterhub_config.py").write_text(
+        source.replace("GET_KERBEROS_TICKETS = False", "GET_KERBEROS_TICKETS = True")
+    )
+    c = PyFileConfigLoader("jupyterhub_config.py", path=str(copy / "sites" / "fermilab-eaf"))
+    loaded = c.load_config()
+    [idp] = auth_config(loaded).idps.values()
+    assert idp.config["kerberos"]["realm"] == "FNAL.GOV"

@@ -18,7 +18,7 @@ from _site_env import issuer, kubeconfig, setting  # noqa: E402  (test-bed overr
 state = Path(setting("AF_SITE_STATE_DIR", "/srv/jupyterhub"))
 secrets = Path(setting("AF_SITE_SECRETS_DIR", "/etc/jupyterhub/secrets"))
 
-# --- the hub ------------------------------------------------------------------------------------
+# --- the hub -------------------------------------------------------------------------------------
 c.JupyterHub.public_url = setting("AF_SITE_PUBLIC_URL", "https://vre-hub.cern.ch/")
 c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
@@ -30,7 +30,7 @@ c.JupyterHub.template_vars = {"announcement_home": stop_notices}
 # is a single IdP.
 c.Authenticator.auto_login = True
 
-# --- who: the ESCAPE IAM ------------------------------------------------------------------------
+# --- who: the ESCAPE IAM -------------------------------------------------------------------------
 c.JupyterHub.authenticator_class = "af"
 c.AFAuthenticator.binding_db = str(state / "afauth-bindings.sqlite")
 c.AFAuthenticator.idps = [
@@ -53,10 +53,22 @@ c.AFAuthenticator.vos = ["escape", "atlas", "eosc-future"]
 c.AFAuthenticator.allow_all = True  # every ESCAPE IAM member; the VOs decide the environments
 c.AFAuthenticator.mapping = [
     # every IAM member: the default environment
-    {"idp": "escape-iam", "claim": "wlcg.groups", "match": "/.*", "vo": "escape", "group": "escape"},
+    {
+        "idp": "escape-iam",
+        "claim": "wlcg.groups",
+        "match": "/.*",
+        "vo": "escape",
+        "group": "escape",
+    },
     # experiment and science-project groups: their own environments (scopes such as
     # ATLAS_OD_EDU, ATLAS_LAPP_SP, the EOSC-Future DM/EU projects)
-    {"idp": "escape-iam", "claim": "wlcg.groups", "match": "/atlas(/.*)?", "vo": "atlas", "group": "atlas"},
+    {
+        "idp": "escape-iam",
+        "claim": "wlcg.groups",
+        "match": "/atlas(/.*)?",
+        "vo": "atlas",
+        "group": "atlas",
+    },
     {
         "idp": "escape-iam",
         "claim": "wlcg.groups",
@@ -67,7 +79,7 @@ c.AFAuthenticator.mapping = [
     {"idp": "escape-iam", "claim": "wlcg.groups", "value": "/escape/vre-admins", "admin": True},
 ]
 
-# --- what: the facility file on CERN's Kubernetes --------------------------------------------------
+# --- what: the facility file on CERN's Kubernetes ------------------------------------------------
 c.JupyterHub.spawner_class = "af"
 c.AFSpawner.facility_file = str(here / ".." / ".." / "facilities" / "escape-vre.yaml")
 c.AFSpawner.backend = "kubernetes"
@@ -84,7 +96,7 @@ c.AFSpawner.default_url = "/lab"
 c.AFSpawner.start_timeout = 600
 c.AFSpawner.idle_check_interval = 60  # no limit in the file (the page names none)
 
-# --- operations ---------------------------------------------------------------------------------
+# --- operations ----------------------------------------------------------------------------------
 facility_page.setup(c)
 c.JupyterHub.authenticate_prometheus = True
 c.JupyterHub.services = [

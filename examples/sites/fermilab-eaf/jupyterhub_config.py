@@ -22,7 +22,7 @@ state = Path(setting("AF_SITE_STATE_DIR", "/srv/jupyterhub"))
 secrets = Path(setting("AF_SITE_SECRETS_DIR", "/etc/jupyterhub/secrets"))
 EXPERIMENTS = "cms|dune|fife|astro|accel-ai|mu2e"  # directory groups named like the VOs
 
-# --- the hub ------------------------------------------------------------------------------------
+# --- the hub -------------------------------------------------------------------------------------
 c.JupyterHub.public_url = setting("AF_SITE_PUBLIC_URL", "https://analytics-hub.fnal.gov/")
 c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
@@ -32,7 +32,7 @@ c.JupyterHub.named_server_limit_per_user = 5
 # the reason an idle server was stopped ("... after 8h without activity"), on the home page
 c.JupyterHub.template_vars = {"announcement_home": stop_notices}
 
-# --- who: Fermi SERVICES accounts -------------------------------------------------------------------
+# --- who: Fermi SERVICES accounts ----------------------------------------------------------------
 c.JupyterHub.authenticator_class = "af"
 c.AFAuthenticator.binding_db = str(state / "afauth-bindings.sqlite")
 fnal = {
@@ -57,12 +57,18 @@ if GET_KERBEROS_TICKETS:
 c.AFAuthenticator.idps = [fnal]
 c.AFAuthenticator.vos = EXPERIMENTS.split("|")
 c.AFAuthenticator.mapping = [
-    {"idp": "fnal", "claim": "posix_groups", "match": EXPERIMENTS, "vo": "{value}", "group": "{value}"},
+    {
+        "idp": "fnal",
+        "claim": "posix_groups",
+        "match": EXPERIMENTS,
+        "vo": "{value}",
+        "group": "{value}",
+    },
     {"idp": "fnal", "claim": "ldap_groups", "value": "eaf-admins", "admin": True},
 ]
 c.AFAuthenticator.allowed_idps = {"fnal"}  # anyone in eaf-users (require_groups above)
 
-# --- what: the catalog, on the EAF's Kubernetes (OKD) cluster ----------------------------------------
+# --- what: the catalog, on the EAF's Kubernetes (OKD) cluster ------------------------------------
 c.JupyterHub.spawner_class = "af"
 c.AFSpawner.facility_file = str(here / ".." / ".." / "facilities" / "fermilab-eaf.yaml")
 c.AFSpawner.backend = "kubernetes"
@@ -79,7 +85,7 @@ c.AFSpawner.start_timeout = 600
 # minute against JupyterHub's activity records (no separate idle-culler service needed).
 c.AFSpawner.idle_check_interval = 60
 
-# --- operations ---------------------------------------------------------------------------------
+# --- operations ----------------------------------------------------------------------------------
 facility_page.setup(c)
 c.JupyterHub.authenticate_prometheus = True
 c.JupyterHub.services = [

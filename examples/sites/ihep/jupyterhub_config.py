@@ -21,7 +21,7 @@ state = Path(setting("AF_SITE_STATE_DIR", "/srv/jupyterhub"))
 secrets = Path(setting("AF_SITE_SECRETS_DIR", "/etc/jupyterhub/secrets"))
 BASE = "dc=ihep,dc=ac,dc=cn"  # the IHEP directory (assumed: the page names no server)
 
-# --- the hub ------------------------------------------------------------------------------------
+# --- the hub -------------------------------------------------------------------------------------
 c.JupyterHub.public_url = setting("AF_SITE_PUBLIC_URL", "https://jupyter.ihep.ac.cn/")
 c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
@@ -30,7 +30,7 @@ c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
 c.JupyterHub.allow_named_servers = False
 c.JupyterHub.template_vars = {"announcement_home": stop_notices}
 
-# --- who: the IHEP computing account ------------------------------------------------------------
+# --- who: the IHEP computing account -------------------------------------------------------------
 c.JupyterHub.authenticator_class = "af"
 c.AFAuthenticator.binding_db = str(state / "afauth-bindings.sqlite")
 c.AFAuthenticator.idps = [
@@ -60,7 +60,7 @@ c.AFAuthenticator.mapping = [
     {"idp": "ihep", "claim": "ldap_groups", "value": "jupyter-admins", "admin": True},
 ]
 
-# --- what: the facility file on the two-server cluster ----------------------------------------------
+# --- what: the facility file on the two-server cluster -------------------------------------------
 c.JupyterHub.spawner_class = "af"
 c.AFSpawner.facility_file = str(here / ".." / ".." / "facilities" / "ihep.yaml")
 c.AFSpawner.backend = "kubernetes"
@@ -73,7 +73,7 @@ c.AFSpawner.default_url = "/lab"
 c.AFSpawner.start_timeout = 300
 c.AFSpawner.idle_check_interval = 60  # no limit in the file (the page names none)
 
-# --- operations ---------------------------------------------------------------------------------
+# --- operations ----------------------------------------------------------------------------------
 facility_page.setup(c)
 c.JupyterHub.authenticate_prometheus = True
 c.JupyterHub.services = [

@@ -25,14 +25,14 @@ TEAMS = [
     "leap-stc:leap-pangeo-research",
 ]
 
-# --- the hub ------------------------------------------------------------------------------------
+# --- the hub -------------------------------------------------------------------------------------
 c.JupyterHub.public_url = setting("AF_SITE_PUBLIC_URL", "https://leap.2i2c.cloud/")
 c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
 c.JupyterHub.allow_named_servers = False  # one server per user (facility file: servers: 1)
 c.JupyterHub.template_vars = {"announcement_home": stop_notices}
 
-# --- who: GitHub organisation and teams -------------------------------------------------------------
+# --- who: GitHub organisation and teams ----------------------------------------------------------
 c.JupyterHub.authenticator_class = "af"
 c.AFAuthenticator.binding_db = str(state / "afauth-bindings.sqlite")
 github = {
@@ -62,7 +62,7 @@ c.AFAuthenticator.mapping = [
     {"idp": "github", "claim": "groups", "value": "leap-stc:hub-admins", "admin": True},
 ]
 
-# --- what: the facility file on GKE -------------------------------------------------------------
+# --- what: the facility file on GKE --------------------------------------------------------------
 c.JupyterHub.spawner_class = "af"
 c.AFSpawner.facility_file = str(here / ".." / ".." / "facilities" / "leap-pangeo.yaml")
 c.AFSpawner.backend = "kubernetes"
@@ -78,7 +78,7 @@ c.AFSpawner.default_url = "/lab"
 c.AFSpawner.start_timeout = 900  # Pangeo images are several GB; a new node may also be added
 c.AFSpawner.idle_check_interval = 60  # no limit in the file (the page names none)
 
-# --- operations ---------------------------------------------------------------------------------
+# --- operations ----------------------------------------------------------------------------------
 facility_page.setup(c)
 c.JupyterHub.authenticate_prometheus = True
 c.JupyterHub.services = [

@@ -20,7 +20,7 @@ state = Path(setting("AF_SITE_STATE_DIR", "/srv/jupyterhub"))
 secrets = Path(setting("AF_SITE_SECRETS_DIR", "/etc/jupyterhub/secrets"))
 UCSD_IDP = "https://idp.ucsd.edu/idp/shibboleth"  # UC San Diego's SAML entity ID
 
-# --- the hub ------------------------------------------------------------------------------------
+# --- the hub -------------------------------------------------------------------------------------
 c.JupyterHub.public_url = setting("AF_SITE_PUBLIC_URL", "https://jupyter.t2.ucsd.edu/")
 c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
@@ -33,7 +33,7 @@ c.JupyterHub.hub_connect_url = "http://hub.jupyterhub.svc.cluster.local:8081"
 # why the hub stopped a server, on the home page
 c.JupyterHub.template_vars = {"announcement_home": stop_notices}
 
-# --- who: "Log in with your UCSD credentials; for CMS users, select the CERN option" ------------
+# --- who: "Log in with your UCSD credentials; for CMS users, select the CERN option" -------------
 c.JupyterHub.authenticator_class = "af"
 c.AFAuthenticator.binding_db = str(state / "afauth-bindings.sqlite")
 c.AFAuthenticator.idps = [
@@ -69,7 +69,7 @@ c.AFAuthenticator.mapping = [
     {"idp": "cern", "claim": "cern_roles", "value": "t2-admins", "admin": True},
 ]
 
-# --- what: the facility file, on the T2's cluster --------------------------------------------------
+# --- what: the facility file, on the T2's cluster ------------------------------------------------
 c.JupyterHub.spawner_class = "af"
 c.AFSpawner.facility_file = str(here / ".." / ".." / "facilities" / "ucsd-cms.yaml")
 c.AFSpawner.backend = "kubernetes"
@@ -86,7 +86,7 @@ c.AFSpawner.start_timeout = 600  # CMSSW images are large: first pulls take minu
 # stays on (its default, every 60 s) so adding `idle:` to the file is all it takes.
 c.AFSpawner.idle_check_interval = 60
 
-# --- operations: the facility page, and Prometheus metrics at /hub/metrics --------------------------
+# --- operations: the facility page, and Prometheus metrics at /hub/metrics -----------------------
 facility_page.setup(c)
 c.JupyterHub.authenticate_prometheus = True
 c.JupyterHub.services = [

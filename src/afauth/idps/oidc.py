@@ -18,6 +18,7 @@ from urllib.parse import quote, urlencode
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from afauth.errors import AuthFailure
+from afauth.exchange import check_services
 from afauth.identity import Identity, Tokens
 from afauth.idps.base import RedirectIdP
 from afauth.mapping import claim_values, lookup
@@ -84,6 +85,7 @@ class OIDC(RedirectIdP):
         "http_timeout": Option("number", help="seconds per HTTP request (default 10)"),
         "refresh": Option("bool", help="use refresh tokens in refresh_user (default true)"),
         "end_session": Option("bool", help="end the IdP session on hub logout"),
+        "services": Option("mapping", help="per-service tokens by token exchange (RFC 8693)"),
     }
     defaults: ClassVar[Mapping[str, object]] = {
         "scope": ["openid", "profile", "email"],
@@ -139,7 +141,7 @@ class OIDC(RedirectIdP):
         scope = as_list(config.get("scope"))
         if scope and "openid" not in scope:
             problems.append(("scope", "must include 'openid'"))
-        return problems
+        return problems + check_services(config.get("services"))
 
     @property
     def client_secret(self) -> str | None:

@@ -66,6 +66,8 @@ class LaunchRequest:
     timeout: float
     bearer_token: str | None = field(default=None, repr=False)  # WLCG token file contents
     krb5_ccache: bytes | None = field(default=None, repr=False)  # Kerberos credential cache
+    #: per-service tokens {service: token} ("": none), files in $AF_TOKENS_DIR
+    service_tokens: Mapping[str, str] | None = field(default=None, repr=False)
     gpus_counted: Callable[[], None] = field(default=_nothing, repr=False, compare=False)
 
 
@@ -105,6 +107,11 @@ class Backend(ABC):
     async def update_ccache(self, state: Mapping[str, Any], data: bytes) -> None:
         """Replace the Kerberos credential cache a running server sees (``$KRB5CCNAME``);
         ``b""``: remove it."""
+        return None
+
+    async def update_services(self, state: Mapping[str, Any], tokens: Mapping[str, str]) -> None:
+        """Make ``$AF_TOKENS_DIR`` hold exactly the non-empty ``tokens`` (one file per
+        service); ``{}``: remove them all."""
         return None
 
     async def running(self) -> list[Reservation]:

@@ -48,6 +48,8 @@ from afspawner.manifests import (
     server_annotations,
     server_namespace,
     server_of,
+    services_secret,
+    services_secret_name,
     token_secret,
     token_secret_name,
 )
@@ -191,7 +193,9 @@ class KubernetesBackend(Backend):
         deadline = asyncio.get_running_loop().time() + req.timeout
         await self.setup()
         settings = self._pod_settings(req)
-        objs = make_objects(req.plan, settings, req.bearer_token, req.krb5_ccache)
+        objs = make_objects(
+            req.plan, settings, req.bearer_token, req.krb5_ccache, req.service_tokens
+        )
         ns, name = settings.namespace, objs.pod["metadata"]["name"]
         state = {"namespace": ns, "pod": name}
         key = f"{ns}/{name}"
@@ -202,6 +206,7 @@ class KubernetesBackend(Backend):
         try:
             secrets = [objs.secret] + ([objs.token_secret] if objs.token_secret else [])
             secrets += [objs.krb5_secret] if objs.krb5_secret else []
+            secrets += [objs.services_secret] if objs.services_secret else []
             await self._create(objs.claims, secrets, objs.pod)
             progress(f"Server pod {ns}/{name} created; waiting for Kubernetes to start it")
             left = deadline - asyncio.get_running_loop().time()
@@ -356,6 +361,7 @@ class KubernetesBackend(Backend):
             f"{base}/secrets/{name}",
             f"{base}/secrets/{token_secret_name(name)}",
             f"{base}/secrets/{krb5_secret_name(name)}",
+            f"{base}/secrets/{services_secret_name(name)}",
         )
         for path in paths:
             try:
@@ -381,6 +387,18 @@ class KubernetesBackend(Backend):
         owner = server_annotations(*key) if key else None
         labels = meta.get("labels") or {}
         secret = krb5_secret(krb5_secret_name(str(name)), str(ns), labels, data, owner)
+        await self._put_secret(owned_by(secret, pod))
+
+    async def update_services(self, state: Mapping[str, Any], tokens: Mapping[str, str]) -> None:
+        await self.setup()
+        ns, name = state.get("namespace"), state.get("pod")
+        pod = self.pods.get(f"{ns}/{name}") if ns and name else None
+        if pod is None or exit_status(pod) is not None:
+            return  # the server is gone: its Secrets go with it
+        key = server_of(pod)
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        owner = server_annotations(*key) if key else None
+        secret = services_secret(services_secret_name(str(name)), str(ns), labels, tokens, owner)
         await self._put_secret(owned_by(secret, pod))
 
     async def update_token(self, state: Mapping[str, Any], token: str) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -82,6 +83,32 @@ def _rewrite_token(path: Path, token: str | bytes) -> None:
         return
     st = os.lstat(path.parent)
     _write_token(path, token, (st.st_uid, st.st_gid) if os.geteuid() == 0 else None)
+
+
+def _write_services(folder: Path, tokens: Mapping[str, str], owner: tuple[int, int] | None) -> None:
+    """Make ``folder`` (0700, created if needed) hold one 0600 file per non-empty token and
+    nothing else; names are service names (``credentials.SERVICE_NAME``). ``owner``: set on
+    the folder and the files (the hub runs as root); ``None``: the hub's own user."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode):  # the user put a link or a file there: refuse
+        raise LaunchFailed(f"{folder} is not a directory")
+    if owner is not None:
+        os.chown(folder, *owner, follow_symlinks=False)
+    for name in os.listdir(folder):
+        if not tokens.get(name):
+            with contextlib.suppress(OSError):  # not ours (a folder the user made): leave it
+                (folder / name).unlink()
+    for name, token in tokens.items():
+        if token:
+            _write_token(folder / name, token, owner)
+
+
+def _rewrite_services(folder: Path, tokens: Mapping[str, str]) -> None:
+    """:func:`_write_services` for a running server, as the owner of its directory."""
+    st = os.lstat(folder.parent)
+    _write_services(folder, tokens, (st.st_uid, st.st_gid) if os.geteuid() == 0 else None)
 
 
 async def _spawn(
@@ -173,6 +200,10 @@ class LocalBackend(Backend):
             _write_token(ccache, req.krb5_ccache, (ident.uid, ident.gid) if as_root else None)
             state["ccache_file"] = str(ccache)
             env["KRB5CCNAME"] = f"FILE:{ccache}"
+        if req.service_tokens is not None:  # afauth.exchange's tokens: $AF_TOKENS_DIR/<service>
+            folder = workdir / ".af-tokens"
+            _write_services(folder, req.service_tokens, (ident.uid, ident.gid) if as_root else None)
+            env["AF_TOKENS_DIR"] = state["tokens_dir"] = str(folder)
         switch = as_root and not self.settings.run_as_hub_user
         progress(f"Starting {plan.flavor} as uid {ident.uid} on port {port}")
         proc = await _spawn(self._command(req, port), env, workdir, ident if switch else None)
@@ -196,6 +227,11 @@ class LocalBackend(Backend):
         path = state.get("ccache_file")
         if path:
             await asyncio.to_thread(_rewrite_token, Path(str(path)), data)
+
+    async def update_services(self, state: Mapping[str, Any], tokens: Mapping[str, str]) -> None:
+        folder = state.get("tokens_dir")
+        if folder:
+            await asyncio.to_thread(_rewrite_services, Path(str(folder)), tokens)
 
     async def poll(self, state: Mapping[str, Any]) -> int | None:
         pid = int(state.get("pid", 0))

@@ -363,3 +363,15 @@ class OIDCTestbed:
             "revoked_grants"
         ]
         return revoked
+
+    def allow_token_exchange(
+        self,
+        issuer: str,
+        audiences: Mapping[str, Sequence[str]],
+        client_id: str = DEFAULT_CLIENT_ID,
+    ) -> None:
+        """Let ``client_id`` exchange its users' access tokens (RFC 8693, exchange.mjs) for
+        tokens of these audiences, each with at most the listed scopes (WLCG storage scopes
+        also cover sub-paths); ``{}``: no audience is allowed."""
+        body = {"client_id": client_id, "audiences": {a: list(s) for a, s in audiences.items()}}
+        self._control("POST", "token-exchange", issuer, body)

@@ -17,6 +17,8 @@ import { promisify } from 'node:util';
 
 import Provider from 'oidc-provider';
 
+import { GRANT_TYPE, registerTokenExchange } from './exchange.mjs';
+
 const HOST = '127.0.0.1';
 const MAX_BODY = 256 * 1024;
 
@@ -262,6 +264,9 @@ class Issuer {
     this.rotateRefreshToken = cfg.rotate_refresh_token ?? true;
     this.clients = new Map((cfg.clients ?? []).map((c) => [c.client_id, normaliseClient(c)]));
     this.users = new Map(Object.entries(cfg.users ?? {}).map(([u, v]) => [u, this.#user(u, v)]));
+    // token exchange (exchange.mjs): client_id -> { audience: [allowed scopes] }
+    this.exchange = new Map(Object.entries(cfg.token_exchange ?? {}));
+    for (const clientId of this.exchange.keys()) this.allowExchange(clientId);
     this.cookieSuffix = name.replace(/[^A-Za-z0-9]/g, '_');
     this.cookieKeys = [randomBytes(32).toString('base64url')];
     this.store = new Store();
@@ -275,6 +280,13 @@ class Issuer {
       throw new HttpError(400, `user ${username} needs a non-empty password`);
     }
     return { username, password: value.password, sub: String(value.sub ?? username), claims: value.claims ?? {} };
+  }
+
+  allowExchange(clientId) {
+    const client = this.clients.get(clientId);
+    if (client && !client.grant_types.includes(GRANT_TYPE)) {
+      client.grant_types = [...client.grant_types, GRANT_TYPE];
+    }
   }
 
   setUser(username, value) {
@@ -352,6 +364,7 @@ class Issuer {
 <p class="error" role="alert"><code>${escapeHtml(out.error)}</code>: ${escapeHtml(out.error_description)}</p>`);
       },
     });
+    registerTokenExchange(provider, this);
     provider.on('server_error', (_ctx, err) => console.error(`[${this.name}] server_error`, err));
     this.provider = provider;
     this.handler = provider.callback();
@@ -380,6 +393,7 @@ class Issuer {
       ttl: this.ttl,
       pkce_required: this.pkceRequired,
       rotate_refresh_token: this.rotateRefreshToken,
+      token_exchange: Object.fromEntries(this.exchange),
     };
   }
 }
@@ -580,6 +594,7 @@ async function handleControl(issuers, url, req, res) {
       const client = normaliseClient(body);
       const old = issuer.clients.get(client.client_id);
       issuer.clients.set(client.client_id, client);
+      if (issuer.exchange.has(client.client_id)) issuer.allowExchange(client.client_id);
       try {
         issuer.rebuild();
         await issuer.validateClients();
@@ -590,6 +605,18 @@ async function handleControl(issuers, url, req, res) {
         throw new HttpError(400, `invalid client: ${err.message}`);
       }
       sendJson(res, 200, { issuer: issuer.url, client_id: client.client_id });
+      return;
+    }
+    case '/token-exchange': {
+      // body: { client_id, audiences: { audience: [allowed scopes] } } (empty: no exchange)
+      if (typeof body.client_id !== 'string' || !issuer.clients.has(body.client_id)) {
+        throw new HttpError(400, 'client_id of a known client required');
+      }
+      issuer.exchange.set(body.client_id, body.audiences ?? {});
+      issuer.allowExchange(body.client_id);
+      issuer.rebuild();
+      await issuer.validateClients();
+      sendJson(res, 200, issuer.state());
       return;
     }
     case '/users': {
