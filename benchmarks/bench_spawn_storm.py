@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tracemalloc",
         action="store_true",
-        help="also trace the memory each storm leaves allocated (slows the hub: timings then "
+        help="also trace the bytes N running servers hold (slows the hub: timings then "
         "compare only with other --tracemalloc runs)",
     )
     p.add_argument(
@@ -139,7 +139,7 @@ async def measure(
     loop = asyncio.get_running_loop()
     n = len(indices)
     gc.collect()
-    rss0, blocks0 = rss_bytes(), sys.getallocatedblocks()
+    rss0 = rss_bytes()
     api0 = await apiserver_requests(kube)
     counter.take()
     durations: list[float] = []
@@ -166,8 +166,8 @@ async def measure(
             async with gate:
                 await timed(i)
 
-    if trace:
-        tracemalloc.start()
+    if trace and not tracemalloc.is_tracing():
+        tracemalloc.start()  # until the end of the stop storm
     ticker = Ticker()
     ticker.start()
     if profiler is not None:
@@ -185,8 +185,7 @@ async def measure(
     await asyncio.gather(*pending, return_exceptions=True)
     gc.collect()
     rss1, blocks1 = rss_bytes(), sys.getallocatedblocks()
-    traced = tracemalloc.get_traced_memory()[0] if trace else math.nan
-    tracemalloc.stop()
+    traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else math.nan
     api1 = await apiserver_requests(kube)
     ms = [lag * 1000 for lag in lags]
     lat = latency(durations)
@@ -212,8 +211,8 @@ async def measure(
         hub_requests_elsewhere_per_op=per_op(others, n),
         apiserver_requests_per_op=per_op(api1 - api0, n) if api0 and api1 else {},
         rss_mib_per_1000=(rss1 - rss0) / 2**20 * 1000 / n if n else math.nan,
-        blocks_per_1000=(blocks1 - blocks0) * 1000 / n if n else math.nan,
-        traced_mib_per_1000=traced / 2**20 * 1000 / n if n else math.nan,
+        blocks_end=blocks1,
+        traced_end=traced,
         errors=dict(errors),
         error_samples=samples,
     )
@@ -274,6 +273,8 @@ async def storm(
                         c, "stop", running, args.cap, args.phase_timeout, counter, kube
                     )
                     print(_status(stopped), flush=True)
+                    tracemalloc.stop()
+                    held(spawned, stopped)
                     stopped.pods_left = await clear_namespace(kube, c.namespace, 300)
                     phases += [spawned, stopped]
                     save(phases)
@@ -283,6 +284,17 @@ async def storm(
                     await c.close()
             counter.uninstall()
     return phases
+
+
+def held(spawned: Phase, stopped: Phase) -> None:
+    """Memory per 1,000 servers: traced bytes the spawn storm left allocated (tracing
+    started with it; connection pools included), and blocks freed by the stop storm (what
+    running servers hold; state kept after a stop, like Kubernetes events, is not in it)."""
+    n = spawned.n
+    if n:
+        spawned.traced_mib_per_1000 = spawned.traced_end / 2**20 * 1000 / n
+    if n and stopped.n == n:
+        spawned.blocks_per_1000 = (spawned.blocks_end - stopped.blocks_end) * 1000 / n
 
 
 def _profile_text(profiler: cProfile.Profile, phase: Phase, top: int = 40) -> str:
@@ -338,6 +350,27 @@ def summary(phases: list[Phase], args: argparse.Namespace, startup: float) -> st
     )
 
 
+class HubLog(logging.Handler):
+    """The spawners' and the hub library's warnings and errors: to a file (KubeSpawner logs
+    every pod name when a pod is late) and counted by logger and level for the results."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(logging.WARNING)
+        self.file = logging.FileHandler(path)
+        self.counts: Counter[str] = Counter()
+        self.first: dict[str, str] = {}
+        logging.getLogger().addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        key = f"{record.name} {record.levelname}"
+        self.counts[key] += 1
+        self.first.setdefault(key, record.getMessage()[:300])
+        self.file.emit(record)
+
+    def summary(self) -> dict[str, Any]:
+        return {"records": dict(self.counts), "first": dict(self.first)}
+
+
 def pools() -> dict[str, int]:
     """HTTP connections to the apiserver each contender may open at once."""
     from kubernetes_asyncio.client import Configuration
@@ -348,9 +381,6 @@ def pools() -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("JupyterHub", "traitlets", "kubespawner", "afspawner"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
 
     def terminate(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)  # run the finally blocks: processes stopped
@@ -360,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="af-storm-"))
     cluster = KubeCluster(workdir)
     stub = Stub(free_port())
+    hub_log = HubLog(workdir / "hub.log")
     try:
         nodes = [NodeSpec(f"storm-{i:03d}", "256", "1Ti") for i in range(args.nodes)]
         cluster.start(nodes=nodes, timeout=300)
@@ -383,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                 "control_plane": {"nodes": args.nodes, "pods_per_node": 110,
                                   "startup_s": round(cluster.startup_seconds, 1)},
                 "connection_pools": pools(),
+                "hub_log": hub_log.summary(),
                 "complete": len(phases) == 2 * len(args.sizes) * len(args.contenders),
                 "phases": [asdict(p) for p in phases],
                 "ratios": ratios(phases),

@@ -45,9 +45,13 @@ class Phase:
     # the hub's requests in other contenders' namespaces (their informers, idle meanwhile)
     hub_requests_elsewhere_per_op: dict[str, float] = field(default_factory=dict)
     apiserver_requests_per_op: dict[str, float] = field(default_factory=dict)
+    # memory: growth during the spawn storm (RSS; traced bytes with --tracemalloc), and the
+    # blocks freed by the stop storm (see bench_spawn_storm.held)
     rss_mib_per_1000: float = math.nan
+    blocks_end: int = 0
+    traced_end: float = math.nan  # with --tracemalloc
     blocks_per_1000: float = math.nan
-    traced_mib_per_1000: float = math.nan  # with --tracemalloc
+    traced_mib_per_1000: float = math.nan
     errors: dict[str, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
     pods_left: int = 0
@@ -155,8 +159,9 @@ def _requests(requests: dict[str, float], limit: int = 4) -> str:
 
 
 def _memory(p: Phase) -> str:
-    rss = f"{p.rss_mib_per_1000:.3g}"
-    return rss if math.isnan(p.traced_mib_per_1000) else f"{rss}; {p.traced_mib_per_1000:.3g}"
+    """RSS growth MiB; blocks held (thousands); traced MiB growth (with --tracemalloc)."""
+    out = f"{p.rss_mib_per_1000:.3g}; {p.blocks_per_1000 / 1000:.3g}k"
+    return out if math.isnan(p.traced_mib_per_1000) else f"{out}; {p.traced_mib_per_1000:.3g}"
 
 
 def _ms(value: float) -> str:
@@ -186,7 +191,7 @@ def phases_table(phases: list[Phase], action: str) -> str:
     return table(
         ["N", "contender", "ok", f"{what}/s", "p50 s", "p95 s", "p99 s", f"hub CPU ms/{action}",
          "loop lag max ms", "loop lag p99 ms", f"hub apiserver requests per {action}",
-         "hub MiB per 1000 pods (RSS; traced)"],
+         "hub memory per 1000 pods: RSS growth MiB; blocks held; traced MiB"],
         rows,
     )  # fmt: skip
 

@@ -248,6 +248,21 @@ def failed(audience: str, scope: str, error: str) -> dict[str, Any]:
     }
 
 
+def earliest_expiry(state: Mapping[str, Any]) -> float | None:
+    """When the first of the access token and the service tokens expires (what the token
+    refresher renews for: an IdP may give exchanged tokens a shorter life)."""
+    times = [state.get("expires_at")]
+    services = state.get(STATE_KEY)
+    if isinstance(services, Mapping):
+        times += [
+            e.get("expires_at")
+            for e in services.values()
+            if isinstance(e, Mapping) and e.get("access_token")
+        ]
+    known = [float(t) for t in times if isinstance(t, int | float) and not isinstance(t, bool)]
+    return min(known) if known else None
+
+
 # -- the exchange (I/O) -------------------------------------------------------------------------
 
 

@@ -82,7 +82,7 @@ def parse_ccache(data: bytes) -> Ticket:
         r.octets()  # ticket
         r.octets()  # second ticket
         if snames == ("krbtgt", realm) and srealm == realm:
-            renewable = bool(flags & 0x00800000) and renew > end
+            renewable = bool(flags & 0x00800000) and renew >= end  # == end: used up
             return Ticket(
                 client, float(start or _auth), float(end), float(renew) if renewable else None
             )

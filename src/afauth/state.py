@@ -35,9 +35,7 @@ EXTRAS: tuple[str, ...] = (
     "version",
 )
 #: Keys holding credentials: never logged, never shown.
-SECRET_KEYS = frozenset(
-    {"access_token", "refresh_token", "id_token", "kerberos", "service_tokens"}
-)
+SECRET_KEYS = frozenset({"access_token", "refresh_token", "id_token", "kerberos", "service_tokens"})
 VERSION = 1
 
 

@@ -90,7 +90,7 @@ async def _renew(
     if state.get(REAUTH_KEY) or not state.get("access_token"):
         return Outcome("idle"), None  # nothing to renew (LDAP, or already signed out)
     began = time.time()
-    expires_at = state.get("expires_at")
+    expires_at = exchange.earliest_expiry(state)  # the access token's or a service token's
     if isinstance(expires_at, int | float) and not is_due(
         float(expires_at), None, float(auth.refresh_margin), began
     ):
@@ -123,7 +123,7 @@ async def _renew(
         await apply_model(auth, user, model)
         new = model["auth_state"]
         await hand_to_servers(auth, user, new)
-        expires = new.get("expires_at")
+        expires = exchange.earliest_expiry(new)
         lifetime = float(expires) - began if expires is not None else None
         auth.log.info("renewed the tokens of %s for its running servers", user.name)
         return Outcome("renewed", expires, lifetime), model

@@ -92,7 +92,7 @@ def leases_of(rt: Runtime, ttl: float) -> Leases:
     leases = Leases(ttl)
     _leases[id(rt)] = (rt, leases)
     if isinstance(rt.hub_view, HubView):
-        pass  # MUTATION
+        rt.hub_view.also_busy.append(leases.live)
     return leases
 
 

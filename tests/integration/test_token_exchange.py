@@ -47,6 +47,7 @@ from integration.test_token_renewal import (
     short_tokens,
     start_server,
     stop_everything,
+    wait_until,
 )
 from testbed.k8s import KubeCluster
 from testbed.oidc.fixtures import oidc_testbed
@@ -320,3 +321,36 @@ async def test_kubernetes_services_secret_follows_the_refresher(
     assert await _services_secret(k8s_cluster, ns, secret) == {}
     await stop_server(app, "sven")
     assert await _services_secret(k8s_cluster, ns, secret) is None
+
+
+SHORT = 6  # s the IdP gives exchanged tokens; access tokens: TTL = 20, renewed after 10
+
+
+@pytest.fixture
+def short_exchanged(exchange_allowed: OIDCTestbed) -> Any:
+    exchange_allowed._control("POST", "settings", "iam", {"ttl": {"exchanged_token": SHORT}})
+    yield exchange_allowed
+    exchange_allowed._control("POST", "settings", "iam", {"ttl": {"exchanged_token": None}})
+
+
+@pytest.mark.oidc
+async def test_service_tokens_shorter_than_the_access_token_are_renewed_in_time(
+    auth_hub: Any, short_exchanged: OIDCTestbed, short_tokens: OIDCTestbed, tmp_path: Path
+) -> None:
+    tb = short_exchanged
+    person(tb, "wanda")
+    hub = await hub_with_services(auth_hub, tb, tmp_path, {"rucio": SERVICES["rucio"]})
+    try:
+        assert (await hub.oidc_login(hub.browser(), "iam", "wanda")).status_code == 302
+        await start_server(hub, "wanda")
+        state = await hub.auth_state("wanda")
+        first = state[STATE_KEY]["rucio"]
+        assert first["expires_at"] < state["expires_at"] - 5
+        rucio = Path(hub.user("wanda").spawners[""]._state["tokens_dir"]) / "rucio"
+        await wait_until(lambda: rucio.read_text() != first["access_token"], first["expires_at"])
+        assert rucio.read_text() != first["access_token"], "not renewed before it expired"
+        assert time.time() < first["expires_at"]
+        claims = verified(rucio.read_text(), await jwks(tb), RUCIO)
+        assert claims["exp"] - claims["iat"] == SHORT
+    finally:
+        await stop_everything(hub)

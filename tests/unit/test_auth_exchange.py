@@ -284,3 +284,15 @@ async def test_idps_without_the_option_are_left_alone() -> None:
 
     out = await exchange.with_service_tokens(Ldap(), model())
     assert exchange.STATE_KEY not in out["auth_state"]
+
+
+def test_the_refresher_renews_for_the_first_token_to_expire() -> None:
+    state: dict[str, Any] = {"expires_at": 100.0}
+    assert exchange.earliest_expiry(state) == 100.0
+    state[exchange.STATE_KEY] = {
+        "rucio": {"access_token": "R", "expires_at": 80.0},  # the IdP gave it a shorter life
+        "eos": {"access_token": None, "expires_at": 10.0},  # no token: nothing to renew for
+        "xrootd": {"access_token": "X", "expires_at": None},
+    }
+    assert exchange.earliest_expiry(state) == 80.0
+    assert exchange.earliest_expiry({"expires_at": None}) is None

@@ -119,3 +119,21 @@ def _run_as_user(workdir: Path) -> None:
     assert out.strip() == "uid=50001 gid=5063 groups=5063,5064", out
     with pytest.raises(Exception, match="no POSIX identity"):
         backend._ids(SimpleNamespace(config={}, state={}))
+
+
+def test_the_hub_side_is_installed_on_a_fresh_config() -> None:
+    from traitlets.config import Config
+
+    from afspawner import daskapi
+
+    c = Config()
+    daskapi.setup(c, lease_ttl=120)
+    from jupyterhub.app import JupyterHub
+
+    hub = JupyterHub(config=c)
+    assert [p for p, _ in hub.extra_handlers] == [
+        r"/api/af/dask/users/([^/]+)",
+        r"/api/af/dask/leases/([^/]+)/([^/]+)",
+    ]
+    assert daskapi.SCOPE in hub.custom_scopes
+    assert hub.tornado_settings["af_dask_lease_ttl"] == 120.0

@@ -6,8 +6,8 @@
 // be allowed for that audience (WLCG storage scopes `storage.read:/path` also cover sub-paths);
 // the subject token must be a valid, unexpired access token of this issuer issued to the same
 // client. The answer is a JWT access token signed with the issuer's key: `aud` = the audience,
-// `scope` = the granted scopes, `sub` = the subject token's, lifetime = the issuer's access
-// token TTL.
+// `scope` = the granted scopes, `sub` = the subject token's, lifetime = the issuer's
+// `ttl.exchanged_token` (/__control/settings), else its access token TTL.
 
 import { createPrivateKey, randomBytes, sign } from 'node:crypto';
 
@@ -70,7 +70,7 @@ export function registerTokenExchange(provider, issuer) {
         throw new errors.InvalidGrant('subject_token is invalid or expired');
       }
       const now = Math.floor(Date.now() / 1000);
-      const ttl = Number(issuer.ttl.access_token);
+      const ttl = Number(issuer.ttl.exchanged_token ?? issuer.ttl.access_token);
       const claims = {
         iss: issuer.url,
         sub: subject.accountId,
