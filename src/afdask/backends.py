@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from dask_gateway_server.backends.base import PublicException
@@ -36,6 +37,7 @@ from traitlets import Bool, Float, Integer, List, Unicode, default
 from afdask.auth import AFUser
 from afdask.hub import HubClient, HubError
 from afdask.options import AFOptions, cluster_options
+from afspawner.backends.local import _rewrite_token, _write_token
 from afspawner.facility import Facility
 from afspawner.loader import load_facility_file
 
@@ -100,6 +102,7 @@ class FacilityBackend(DBBackendBase):  # type: ignore[misc]
         self.facility: Facility = load_facility_file(self.facility_file)
         self.hub = HubClient(self.hub_api_url, self.hub_api_token)
         self._leased: dict[str, int] = {}
+        self._messages: dict[str, str] = {}  # why the last lease gave fewer workers
         await super().setup(app)
         self._renewer = asyncio.ensure_future(self._renew_loop())
 
@@ -158,12 +161,6 @@ class FacilityBackend(DBBackendBase):  # type: ignore[misc]
             self._messages[cluster.name] = lease.message
         return lease.workers
 
-    @property
-    def _messages(self) -> dict[str, str]:
-        if not hasattr(self, "_last_messages"):
-            self._last_messages: dict[str, str] = {}
-        return self._last_messages
-
     async def forward_message_to_scheduler(self, cluster: Any, msg: dict[str, Any]) -> None:
         if msg.get("op") != "scale" or not isinstance(msg.get("count"), int):
             await super().forward_message_to_scheduler(cluster, msg)
@@ -207,6 +204,10 @@ class FacilityBackend(DBBackendBase):  # type: ignore[misc]
         """Renew every active cluster's lease with its current size (and what runs)."""
         for cluster in list(self.db.active_clusters()):
             await self._lease(cluster, min(cluster.count, self._leased.get(cluster.name, 0)))
+            await self.refresh_cluster(cluster)
+
+    async def refresh_cluster(self, cluster: Any) -> None:
+        """Called at each renewal for every active cluster (token files: below)."""
 
     async def _renew_loop(self) -> None:
         while True:
@@ -219,7 +220,67 @@ class FacilityBackend(DBBackendBase):  # type: ignore[misc]
                 self.log.warning("lease renewal failed (%s)", type(exc).__name__)
 
 
-class AFLocalBackend(FacilityBackend, LocalBackend):  # type: ignore[misc]
+TOKEN_FILE = ".af-bearer-token"  # noqa: S105 - a file name, not a secret
+
+
+def _read_token(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
+class LocalFiles(FacilityBackend):
+    """The user's bearer token in the cluster's working directory (``$BEARER_TOKEN_FILE``,
+    0600, the user's), rewritten at each renewal when the hub has a new one and removed when
+    the login has none any more (as for notebook servers)."""
+
+    pass_bearer_token = Bool(
+        True, help="Give clusters the user's bearer token from the hub.", config=True
+    )
+
+    def _owner(self, cluster: Any) -> tuple[int, int] | None:
+        return None
+
+    async def do_start_cluster(self, cluster: Any) -> Any:
+        token = await self._fetch_token(cluster) if self.pass_bearer_token else None
+        token_file = None
+        async for state in super().do_start_cluster(cluster):
+            workdir = state.get("workdir")
+            if token_file is None and workdir and token:
+                token_file = str(Path(workdir) / TOKEN_FILE)
+                _write_token(Path(token_file), token, self._owner(cluster))
+            # kept in the cluster's state (the gateway's database): get_env and renewals
+            yield {**state, "token_file": token_file} if token_file else state
+
+    async def _fetch_token(self, cluster: Any) -> str | None:
+        try:
+            return await self.hub.token(cluster.username)
+        except HubError as exc:
+            self.log.warning("no bearer token for cluster %s: %s", cluster.name, exc.message)
+            return None
+
+    def get_env(self, cluster: Any) -> dict[str, str]:
+        env: dict[str, str] = super().get_env(cluster)
+        token_file = (cluster.state or {}).get("token_file")
+        if isinstance(token_file, str):
+            env["BEARER_TOKEN_FILE"] = token_file
+        return env
+
+    async def refresh_cluster(self, cluster: Any) -> None:
+        token_file = (cluster.state or {}).get("token_file")
+        if not isinstance(token_file, str):
+            return  # started without a token: its processes do not read one
+        path = Path(token_file)
+        try:
+            token = await self.hub.token(cluster.username) or ""
+        except HubError as exc:  # keep the file; the next renewal tries again
+            self.log.warning("bearer token of cluster %s: %s", cluster.name, exc.message)
+            return
+        if token != _read_token(path):
+            _rewrite_token(path, token)  # "" removes it (the login has no token any more)
+            done = "refreshed" if token else "removed"
+            self.log.info("%s the bearer token of cluster %s", done, cluster.name)
+
+
+class AFLocalBackend(LocalFiles, LocalBackend):  # type: ignore[misc]
     """Local processes (a single-machine site) run as the user's uid/gid from the hub.
 
     The gateway must run as root to switch to them, as dask-gateway's ``LocalBackend``.
@@ -264,7 +325,11 @@ class AFLocalBackend(FacilityBackend, LocalBackend):  # type: ignore[misc]
         env["HOME"] = cluster.state.get("workdir", "/tmp")  # noqa: S108
         return env
 
+    def _owner(self, cluster: Any) -> tuple[int, int] | None:
+        uid, gid, _ = self._ids(cluster)
+        return uid, gid
 
-class AFUnsafeLocalBackend(FacilityBackend, UnsafeLocalBackend):  # type: ignore[misc]
+
+class AFUnsafeLocalBackend(LocalFiles, UnsafeLocalBackend):  # type: ignore[misc]
     """Local processes as the gateway's own user (demo and tests only: no separation);
     the policy, the options and the quota apply all the same."""

@@ -66,6 +66,11 @@ class HubClient:
     async def user(self, name: str) -> dict[str, Any]:
         return await self._call("GET", self._url("users", name))
 
+    async def token(self, name: str) -> str | None:
+        """The user's bearer token for their clusters (``None``: none); never logged."""
+        token = (await self._call("GET", self._url("users", name, "token"))).get("token")
+        return token if isinstance(token, str) and token else None
+
     async def lease(
         self, user: str, cluster: str, options: Mapping[str, Any], workers: int, running: int = 0
     ) -> Lease:

@@ -177,6 +177,20 @@ class DaskUserAPI(_DaskAPI):
         )
 
 
+class DaskTokenAPI(_DaskAPI):
+    """``GET /hub/api/af/dask/users/<name>/token``: the user's bearer token for their Dask
+    processes (``{"token": null}`` when there is none or ``AFSpawner.pass_bearer_token`` is
+    off). Never logged."""
+
+    async def get(self, name: str) -> None:
+        rt, _ = await self._setup()
+        _, state = await self._user_state(rt, name)
+        probe: Any = self.settings.get(PROBE)
+        token = state.get("access_token") if probe.pass_bearer_token else None
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"token": token if isinstance(token, str) and token else None}))
+
+
 class DaskLeaseAPI(_DaskAPI):
     """``PUT``/``DELETE /hub/api/af/dask/leases/<name>/<cluster>``."""
 
@@ -234,6 +248,7 @@ def setup(c: Any, lease_ttl: float = DEFAULT_TTL) -> None:
     hub.extra_handlers.extend(
         [
             (r"/api/af/dask/users/([^/]+)", DaskUserAPI),
+            (r"/api/af/dask/users/([^/]+)/token", DaskTokenAPI),
             (r"/api/af/dask/leases/([^/]+)/([^/]+)", DaskLeaseAPI),
         ]
     )
@@ -245,4 +260,12 @@ def setup(c: Any, lease_ttl: float = DEFAULT_TTL) -> None:
         settings.update({"af_dask_lease_ttl": float(lease_ttl)})
 
 
-__all__ = ["LEASE_PREFIX", "SCOPE", "DaskLeaseAPI", "DaskUserAPI", "Leases", "setup"]
+__all__ = [
+    "LEASE_PREFIX",
+    "SCOPE",
+    "DaskLeaseAPI",
+    "DaskTokenAPI",
+    "DaskUserAPI",
+    "Leases",
+    "setup",
+]

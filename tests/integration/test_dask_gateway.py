@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+# loaded now, not by pytest's terminal summary after the dask client's threads ran: that late
+# import met CPython 3.11.7's "AST constructor recursion depth mismatch" SystemError
+import hypothesis  # noqa: F401
 import pytest
 import yaml
 from jupyterhub.utils import url_path_join
@@ -33,7 +37,12 @@ pytestmark = [
 ]
 
 TOKEN = "dask-gateway-service-token-0123456789"
-ALICE_IDS = {"uid": 50001, "gid": 5063, "supplemental_gids": [5064]}
+ALICE_IDS = {
+    "uid": 50001,
+    "gid": 5063,
+    "supplemental_gids": [5064],
+    "access_token": "alice-token-1",
+}
 FACILITY: dict[str, Any] = {
     "site": {"name": "dask test"},
     "vos": {
@@ -149,8 +158,22 @@ def alice_session(gw: GatewayProcess, token: str) -> dict[str, Any]:
             out["ids"] = sorted(set(ids.values()))
             envs = client.run(lambda: (os.environ.get("AF_VO"), os.environ.get("EXPERIMENT")))
             out["env"] = sorted(set(envs.values()))
+            out["token"] = sorted(
+                set(client.run(lambda: Path(os.environ["BEARER_TOKEN_FILE"]).read_text()).values())
+            )
         cluster.close()  # the client object only: shutdown_on_close=False
     return out
+
+
+def read_tokens(gw: GatewayProcess, token: str, name: str) -> list[str]:
+    with _gateway(gw, token) as gateway:
+        cluster = gateway.connect(name, shutdown_on_close=False)
+        with cluster.get_client() as client:
+            tokens = sorted(
+                set(client.run(lambda: Path(os.environ["BEARER_TOKEN_FILE"]).read_text()).values())
+            )
+        cluster.close()
+    return tokens
 
 
 def scale_far(gw: GatewayProcess, token: str, name: str) -> tuple[str, int]:
@@ -193,6 +216,7 @@ async def test_a_cluster_under_the_facilitys_policy_and_quota(dask_setup: Any) -
     # test_dask_backend.py: here the interpreter lives below /root, so they cannot)
     assert result["ids"] == [("50001", "5063")]
     assert result["env"] == [("cms", "cms")]
+    assert result["token"] == ["alice-token-1"]  # the user's bearer token, in a file
     name = result["name"]
     # the hub's ledger holds the scheduler and two workers, next to the notebook servers
     assert _ledger_cpu("cms") == 3000
@@ -263,6 +287,17 @@ async def test_a_cluster_under_the_facilitys_policy_and_quota(dask_setup: Any) -
             headers={"Authorization": f"token {bob}"},
         )
     assert r.status_code == 403, r.text
+
+    # the hub refreshes alice's token: the gateway's renewal rewrites the clusters' file
+    await app.users["alice"].save_auth_state({**ALICE_IDS, "access_token": "alice-token-2"})
+    tokens: list[str] = []
+    for _ in range(50):
+        tokens = await asyncio.to_thread(read_tokens, gw, alice, name)
+        if tokens == ["alice-token-2"]:
+            break
+        await asyncio.sleep(0.2)
+    assert tokens == ["alice-token-2"]
+    assert "alice-token" not in gw.log(2000)  # tokens are never logged
 
     # inside a server: the spawner's environment makes Gateway() work without arguments
     env = {

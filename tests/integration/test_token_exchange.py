@@ -323,19 +323,23 @@ async def test_kubernetes_services_secret_follows_the_refresher(
     assert await _services_secret(k8s_cluster, ns, secret) is None
 
 
-SHORT = 6  # s the IdP gives exchanged tokens; access tokens: TTL = 20, renewed after 10
+LONG, SHORT = 40, 15  # access tokens are renewed after 30 s: too late for 15 s service tokens
 
 
 @pytest.fixture
 def short_exchanged(exchange_allowed: OIDCTestbed) -> Any:
-    exchange_allowed._control("POST", "settings", "iam", {"ttl": {"exchanged_token": SHORT}})
-    yield exchange_allowed
-    exchange_allowed._control("POST", "settings", "iam", {"ttl": {"exchanged_token": None}})
+    tb = exchange_allowed
+    old = tb["iam"].ttl["access_token"]
+    tb.set_ttl("iam", access_token=LONG)
+    tb._control("POST", "settings", "iam", {"ttl": {"exchanged_token": SHORT}})
+    yield tb
+    tb._control("POST", "settings", "iam", {"ttl": {"exchanged_token": None}})
+    tb.set_ttl("iam", access_token=old)
 
 
 @pytest.mark.oidc
 async def test_service_tokens_shorter_than_the_access_token_are_renewed_in_time(
-    auth_hub: Any, short_exchanged: OIDCTestbed, short_tokens: OIDCTestbed, tmp_path: Path
+    auth_hub: Any, short_exchanged: OIDCTestbed, tmp_path: Path
 ) -> None:
     tb = short_exchanged
     person(tb, "wanda")
@@ -352,5 +356,6 @@ async def test_service_tokens_shorter_than_the_access_token_are_renewed_in_time(
         assert time.time() < first["expires_at"]
         claims = verified(rucio.read_text(), await jwks(tb), RUCIO)
         assert claims["exp"] - claims["iat"] == SHORT
+        print(f"\nshort service tokens: renewed {first['expires_at'] - time.time():.1f}s early")
     finally:
         await stop_everything(hub)

@@ -133,7 +133,33 @@ def test_the_hub_side_is_installed_on_a_fresh_config() -> None:
     hub = JupyterHub(config=c)
     assert [p for p, _ in hub.extra_handlers] == [
         r"/api/af/dask/users/([^/]+)",
+        r"/api/af/dask/users/([^/]+)/token",
         r"/api/af/dask/leases/([^/]+)/([^/]+)",
     ]
     assert daskapi.SCOPE in hub.custom_scopes
     assert hub.tornado_settings["af_dask_lease_ttl"] == 120.0
+
+
+def test_kubernetes_pods_get_the_plan_and_the_users_identity(fac: Facility) -> None:
+    from dask_gateway_server.backends.kubernetes.backend import KubeClusterConfig
+
+    from afdask.kube import kube_cluster_config
+    from afspawner.daskpolicy import ClusterRequest, resolve_cluster
+
+    plan = resolve_cluster(fac, ALICE.context(), ClusterRequest(worker_size="large"))
+    assert ALICE.identity is not None
+    values = kube_cluster_config(plan, ALICE.identity, namespace="af-cms")
+    config = KubeClusterConfig(**values)  # every value is a valid trait value
+    assert (config.image, config.namespace) == ("registry.example/cms:1", "af-cms")
+    assert (config.worker_cores, config.worker_memory) == (4.0, 8 << 30)
+    assert (config.worker_cores_limit, config.worker_memory_limit) == (4.0, 8 << 30)
+    security = config.worker_extra_pod_config["securityContext"]
+    assert security == {
+        "runAsUser": 50001,
+        "runAsGroup": 5063,
+        "fsGroup": 5063,
+        "supplementalGroups": [5064],
+        "runAsNonRoot": True,
+    }
+    assert config.worker_extra_pod_labels["jupyterhub-af/vo"] == "cms"
+    assert config.environment["NB_UID"] == "50001"

@@ -269,3 +269,13 @@ def test_the_server_environment_names_the_gateway() -> None:
         gateway_env({"address": "http://gw", "adress": "x"})
     with pytest.raises(ValueError, match="address: required"):
         gateway_env({"proxy_address": "gateway://gw:8786"})
+
+
+def test_the_hub_view_counts_live_leases_as_busy() -> None:
+    from afspawner.hubview import HubView
+
+    view = HubView(db=None)
+    leases = Leases(ttl=100)
+    leases.renew(("alice", "dask:c1"), now=0)
+    view.also_busy.append(lambda: leases.live(now=50))
+    assert view.busy() == {("alice", "dask:c1")}
