@@ -17,7 +17,7 @@ from typing import Any
 
 from jupyterhub.spawner import Spawner
 from tornado import web
-from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
+from traitlets import default
 
 from afspawner import credentials, metrics, pipeline
 from afspawner.admission import WaitSettings
@@ -31,6 +31,7 @@ from afspawner.hubview import HubView
 from afspawner.plan import LaunchPlan, UserIdentity
 from afspawner.policy import PolicySettings, Refusal, UserContext, parse_options
 from afspawner.runtime import Runtime, create_runtime, get_runtime
+from afspawner.spawner_traits import SpawnerTraits
 from afspawner.uid import PoolSettings, SourceConfig, resolve_identity, source_config, sources_for
 
 
@@ -51,81 +52,7 @@ async def _admit_hook(spawner: AFSpawner, user_options: Mapping[str, Any] | None
     await spawner.admit(user_options)
 
 
-class AFSpawner(Spawner):  # type: ignore[misc]
-    facility_file = Unicode(
-        "", config=True, help="Path of the facility YAML file (VOs, GPU classes, volumes, flavors)."
-    )
-    backend = Unicode(
-        "kubernetes",
-        config=True,
-        help="Backend entry point (group afspawner.backends): kubernetes, local, or a site's.",
-    )
-    backend_options = Dict(config=True, help="Options passed to the backend (see docs).")
-    uid_sources = List(
-        Unicode(),
-        ["auth_state", "static", "pool"],
-        config=True,
-        help="Where the POSIX uid/gid come from, in order; none found → spawn refused.",
-    )
-    uid_map_file = Unicode(
-        None,
-        allow_none=True,
-        config=True,
-        help="YAML/JSON map user → {uid, gid, groups} (source 'static').",
-    )
-    uid_pool_file = Unicode(
-        None,
-        allow_none=True,
-        config=True,
-        help="JSON file recording pool accounts (source 'pool').",
-    )
-    uid_pool_range = List(
-        default_value=[60000, 64999], config=True, help="First and last uid of the account pool."
-    )
-    uid_pool_gid = Integer(60000, config=True, help="gid of pool accounts.")
-    uid_sources_by_idp = Dict(
-        config=True,
-        help="IdP name (auth_state 'idp') → uid sources for its users, instead of uid_sources.",
-    )
-    uid_source_rules = List(
-        Dict(),
-        config=True,
-        help="Rules {idp, groups, claims, sources}; the first that matches the login decides "
-        "the uid sources (before uid_sources_by_idp).",
-    )
-    idle_check_interval = Float(
-        60,
-        config=True,
-        help="Seconds between two checks of the facility's idle and lifetime limits "
-        "(0: the hub does not enforce them).",
-    )
-    allow_root = Bool(False, config=True, help="Allow servers to run as uid/gid 0.")
-    gpu_wait = Enum(
-        ["refuse", "queue"],
-        "refuse",
-        config=True,
-        help="When no GPU of the class is free: refuse at once, or wait in a FIFO.",
-    )
-    gpu_queue_timeout = Float(900, config=True, help="Seconds a spawn may wait for a GPU.")
-    pass_bearer_token = Bool(
-        True,
-        config=True,
-        help="Give servers the user's OIDC access token (auth_state) in a file named by "
-        "$BEARER_TOKEN_FILE and rewrite it whenever the hub refreshes the token.",
-    )
-    pass_kerberos_ticket = Bool(
-        True,
-        config=True,
-        help="Give servers the user's Kerberos credential cache (auth_state 'kerberos', from an "
-        "LDAP IdP with a kerberos section) as $KRB5CCNAME and rewrite it when the hub renews it.",
-    )
-    dask_gateway = Dict(
-        config=True,
-        help="The site's Dask Gateway as servers reach it: {address, proxy_address, "
-        "public_address}; sets DASK_GATEWAY__* so dask_gateway.Gateway() needs no arguments "
-        "(docs/dask.md).",
-    )
-
+class AFSpawner(Spawner, SpawnerTraits):  # type: ignore[misc]
     def get_env(self) -> dict[str, str]:
         env: dict[str, str] = super().get_env()
         env.update(gateway_env(self.dask_gateway))
