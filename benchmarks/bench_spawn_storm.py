@@ -22,6 +22,7 @@ alternates from one N to the next; each contender is warmed up by one spawn and 
     .venv/bin/python benchmarks/bench_spawn_storm.py                      # --sizes 50,200
     .venv/bin/python benchmarks/bench_spawn_storm.py --sizes 100,1000,3000 --phase-timeout 600
     .venv/bin/python benchmarks/bench_spawn_storm.py --cap 100            # concurrent_spawn_limit
+    .venv/bin/python benchmarks/bench_spawn_storm.py --arrival iteration  # one request per tick
 
 Figures are relative: the machine is shared; compare contenders within one run.
 """
@@ -103,6 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--http-timeout", type=float, default=60.0)
     p.add_argument(
+        "--arrival",
+        choices=("burst", "iteration"),
+        default="burst",
+        help="burst: all N coroutines start in the same event-loop iteration (default); "
+        "iteration: one spawn request enters per loop iteration, as requests to a hub arrive",
+    )
+    p.add_argument(
         "--tracemalloc",
         action="store_true",
         help="also trace the bytes N running servers hold (slows the hub: timings then "
@@ -134,6 +142,7 @@ async def measure(
     kube: Any,
     trace: bool = False,
     profiler: cProfile.Profile | None = None,
+    burst: bool = False,
 ) -> Phase:
     """Run ``action`` for every index at once (at most ``cap`` in flight) and take figures."""
     loop = asyncio.get_running_loop()
@@ -143,6 +152,7 @@ async def measure(
     api0 = await apiserver_requests(kube)
     counter.take()
     durations: list[float] = []
+    finished: list[float] = []  # when each successful one ended, from the storm's start
     errors: Counter[str] = Counter()
     samples: list[str] = []
     gate = asyncio.Semaphore(cap) if cap > 0 else None
@@ -158,6 +168,7 @@ async def measure(
                 samples.append(f"{type(exc).__name__}: {str(exc)[:300]}")
             return
         durations.append(loop.time() - started)
+        finished.append(loop.time() - begun)
 
     async def one(i: int) -> None:
         if gate is None:
@@ -172,9 +183,14 @@ async def measure(
     ticker.start()
     if profiler is not None:
         profiler.enable()
-    cpu0, t0 = time.process_time(), time.monotonic()
-    tasks = [loop.create_task(one(i)) for i in indices]
-    _, pending = await asyncio.wait(tasks, timeout=limit) if tasks else (set(), set())
+    cpu0, t0, begun = time.process_time(), time.monotonic(), loop.time()
+    tasks = []
+    for i in indices:
+        tasks.append(loop.create_task(one(i)))
+        if not burst:
+            await asyncio.sleep(0)  # the next request arrives in the next loop iteration
+    left = max(limit - (time.monotonic() - t0), 0.001)
+    _, pending = await asyncio.wait(tasks, timeout=left) if tasks else (set(), set())
     wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
     if profiler is not None:
         profiler.disable()
@@ -198,6 +214,7 @@ async def measure(
         failed=sum(errors.values()),
         not_returned=len(pending),
         wall_s=wall,
+        last_done_s=max(finished, default=math.nan),
         per_s=len(durations) / wall if wall > 0 else math.nan,
         p50_s=lat["p50_s"],
         p95_s=lat["p95_s"],
@@ -262,6 +279,7 @@ async def storm(
                         kube,
                         args.tracemalloc,
                         profiler,
+                        args.arrival == "burst",
                     )
                     print(_status(spawned), flush=True)
                     if profiler is not None:
@@ -270,7 +288,14 @@ async def storm(
                         path.write_text("\n\n".join(profiles))
                     running = await _running(c, n, spawned)
                     stopped = await measure(
-                        c, "stop", running, args.cap, args.phase_timeout, counter, kube
+                        c,
+                        "stop",
+                        running,
+                        args.cap,
+                        args.phase_timeout,
+                        counter,
+                        kube,
+                        burst=args.arrival == "burst",
                     )
                     print(_status(stopped), flush=True)
                     tracemalloc.stop()
@@ -334,6 +359,11 @@ async def run(
 
 def summary(phases: list[Phase], args: argparse.Namespace, startup: float) -> str:
     cap = f", at most {args.cap} in flight" if args.cap else ", all at once"
+    cap += (
+        " (one new request per event-loop iteration)"
+        if args.arrival == "iteration"
+        else " (all N coroutines started in one event-loop iteration)"
+    )
     expected = 2 * len(args.sizes) * len(args.contenders)
     missing = f"**Incomplete run: {len(phases)} of {expected} storms.** " * (len(phases) < expected)
     return "\n\n".join(

@@ -31,8 +31,8 @@ class Phase:
     ok: int
     failed: int
     not_returned: int  # still running when the phase timeout hit (cancelled)
-    wall_s: float
-    per_s: float
+    wall_s: float  # until the last one returned, or the phase timeout
+    per_s: float  # ok / wall_s
     p50_s: float
     p95_s: float
     p99_s: float
@@ -55,6 +55,7 @@ class Phase:
     errors: dict[str, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
     pods_left: int = 0
+    last_done_s: float = math.nan  # when the last successful one returned
 
 
 def latency(values: Sequence[float]) -> dict[str, float]:
