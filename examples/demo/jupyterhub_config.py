@@ -4,12 +4,17 @@ Users: ada (CMS, approved for GPUs, uid 50001), bob (DUNE, uid from the account 
 cleo (CMS and DUNE, manages DUNE), olga (the operator: hub admin), any password. Open
 http://127.0.0.1:8000 after `scripts/demo`; the "Facility" link in the top bar shows your
 allowance in each of your experiments (olga sees every VO and user there).
+
+Dask: the hub runs dask-gateway-server as its service "dask-gateway" (dask_gateway_config.py);
+in a "CMS analysis" notebook, `dask_gateway.Gateway()` works with no arguments and its
+clusters count against the CMS quota with the notebooks (facility.yaml).
 """
 
 import os
+import sys
 from pathlib import Path
 
-from afspawner import facility_page
+from afspawner import daskapi, facility_page
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821
 here = Path(__file__).resolve().parent
@@ -81,3 +86,46 @@ c.AFSpawner.start_timeout = 60
 
 # --- the facility page (/hub/facility, JSON at /hub/api/facility) -------------------------
 facility_page.setup(c)
+
+# --- Dask: dask-gateway-server as a hub-managed service, under the facility's quota --------
+gateway_port = os.environ.get("AF_DEMO_GATEWAY_PORT", "8786")
+gateway_api_port = os.environ.get("AF_DEMO_GATEWAY_API_PORT", "8788")
+daskapi.setup(c)  # /hub/api/af/dask/... for the gateway, scope custom:af-dask:lease
+c.JupyterHub.services = [
+    {
+        "name": "dask-gateway",
+        # the hub starts it with its own token in JUPYTERHUB_API_TOKEN
+        "command": [
+            str(Path(sys.executable).parent / "dask-gateway-server"),
+            "-f",
+            str(here / "dask_gateway_config.py"),
+        ],
+        "cwd": str(state),
+        "environment": {
+            "AF_DEMO_DIR": str(state),
+            "AF_DEMO_GATEWAY_PORT": gateway_port,
+            "AF_DEMO_GATEWAY_API_PORT": gateway_api_port,
+        },
+    },
+]
+c.JupyterHub.load_roles = [
+    # the gateway reserves and releases Dask workers in the hub's quota ledger
+    {"name": "dask-gateway", "scopes": [daskapi.SCOPE], "services": ["dask-gateway"]},
+    # servers' tokens (what Gateway() uses in a notebook) may be used at the gateway
+    {
+        "name": "server",
+        "scopes": [
+            "users:activity!user",
+            "access:servers!server",
+            "access:services!service=dask-gateway",
+        ],
+    },
+]
+# users' own tokens too (added to the default "user" role, like the facility page's scope:
+# overriding that role in load_roles would drop the extra scopes)
+c.JupyterHub.extra_user_scopes.update({"access:services!service=dask-gateway"})
+# Gateway() with no arguments inside a server (DASK_GATEWAY__* in the server's environment)
+c.AFSpawner.dask_gateway = {
+    "address": f"http://127.0.0.1:{gateway_port}",
+    "proxy_address": f"gateway://127.0.0.1:{gateway_port}",
+}

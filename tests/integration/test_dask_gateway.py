@@ -22,12 +22,11 @@ import hypothesis  # noqa: F401
 import pytest
 import yaml
 from jupyterhub.utils import url_path_join
-from traitlets.config import Config
 
-from afspawner import daskapi, runtime
+from afspawner import runtime
 from afspawner.daskpolicy import gateway_env
 from integration.spawnkit import make_user, request_spawn
-from testbed.dask_gateway import GatewayProcess
+from testbed.dask_gateway import TOKEN, GatewayProcess, hub_extra
 
 pytestmark = [
     pytest.mark.hub,
@@ -36,7 +35,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-TOKEN = "dask-gateway-service-token-0123456789"
 ALICE_IDS = {
     "uid": 50001,
     "gid": 5063,
@@ -77,25 +75,6 @@ FACILITY: dict[str, Any] = {
         },
     ],
 }
-
-
-def hub_extra() -> dict[str, Any]:
-    c = Config()
-    c.JupyterHub.extra_handlers = []
-    c.JupyterHub.custom_scopes = {}
-    c.JupyterHub.tornado_settings = {}
-    daskapi.setup(c, lease_ttl=600)
-    return {
-        **dict(c.JupyterHub),
-        "services": [{"name": "dask-gateway", "api_token": TOKEN}],
-        "load_roles": [
-            {"name": "dask-gateway", "scopes": [daskapi.SCOPE], "services": ["dask-gateway"]},
-            {
-                "name": "user",
-                "scopes": ["self", "access:services!service=dask-gateway"],
-            },
-        ],
-    }
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ def demo_hub(tmp_path: Path) -> Iterator[str]:
         "AF_DEMO_URL": url,
         "AF_DEMO_HUB_PORT": str(free_port()),
         "AF_DEMO_PROXY_API": f"http://127.0.0.1:{free_port()}",
+        "AF_DEMO_GATEWAY_PORT": str(free_port()),  # the demo's dask-gateway-server
+        "AF_DEMO_GATEWAY_API_PORT": str(free_port()),
         "JUPYTERHUB_CRYPT_KEY": "ab" * 32,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }

@@ -195,6 +195,7 @@ def ihep(hub: SiteHub, ldap_factory: LDAPTestbedFactory, **_: Any) -> tuple[dict
 
 def fermilab(hub: SiteHub, ldap: LDAPTestbed, **_: Any) -> tuple[dict[str, str], Case]:
     hub.write_secret("ldap-bind-password", ldap.bind_password)
+    hub.write_secret("dask-gateway-token", "eaf-dask-gateway-token")  # its Dask Gateway service
     env = {"AF_SITE_LDAP_URL": ldap.ldaps_uri, "AF_SITE_LDAP_CA_FILE": str(ldap.ca_cert_path)}
     case = Case(
         user="alice",

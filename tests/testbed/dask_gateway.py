@@ -6,8 +6,15 @@ from __future__ import annotations
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+from traitlets.config import Config
+
+from afspawner import daskapi
 from testbed.procs import LOOPBACK, PeerProcess, free_port
+
+#: the gateway's service token at the hub (test bed only)
+TOKEN = "dask-gateway-service-token-0123456789"
 
 CONFIG = """\
 c.DaskGateway.address = {api!r}
@@ -28,6 +35,26 @@ c.DBBackendBase.cluster_heartbeat_period = 2
 c.DBBackendBase.worker_start_timeout = 120
 c.DBBackendBase.cluster_start_timeout = 120
 """
+
+
+def hub_extra() -> dict[str, Any]:
+    """The hub's configuration for the gateway: its Dask API, its service and roles."""
+    c = Config()
+    c.JupyterHub.extra_handlers = []
+    c.JupyterHub.custom_scopes = {}
+    c.JupyterHub.tornado_settings = {}
+    daskapi.setup(c, lease_ttl=600)
+    return {
+        **dict(c.JupyterHub),
+        "services": [{"name": "dask-gateway", "api_token": TOKEN}],
+        "load_roles": [
+            {"name": "dask-gateway", "scopes": [daskapi.SCOPE], "services": ["dask-gateway"]},
+            {
+                "name": "user",
+                "scopes": ["self", "access:services!service=dask-gateway"],
+            },
+        ],
+    }
 
 
 class GatewayProcess:

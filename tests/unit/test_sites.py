@@ -44,6 +44,7 @@ def production(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     ]:
         monkeypatch.delenv(name, raising=False)
     (tmp_path / "prometheus-token").write_text("t0ken\n")
+    (tmp_path / "dask-gateway-token").write_text("d4sk\n")  # EAF's Dask Gateway service
     monkeypatch.setenv("AF_SITE_SECRETS_DIR", str(tmp_path))
     # secret files are checked to exist at hub start; they are the operator's to create
     monkeypatch.setattr("afauth.idps.base.file_problem", lambda path: None)
@@ -99,9 +100,9 @@ def test_the_site_config_loads_and_passes_the_hubs_checks(site: str, production:
     handlers = c.JupyterHub.extra_handlers.get_value([])  # facility_page.setup extends
     assert any(route == r"/facility" for route, _ in handlers)
     assert c.JupyterHub.authenticate_prometheus is True
-    [service] = c.JupyterHub.services
+    service = c.JupyterHub.services[0]  # Prometheus (EAF: then its Dask Gateway)
     assert service["api_token"] == "t0ken"
-    [role] = c.JupyterHub.load_roles
+    role = c.JupyterHub.load_roles[0]
     assert role["scopes"] == ["read:metrics"] and role["services"] == [service["name"]]
     assert spawner.idle_check_interval > 0
 

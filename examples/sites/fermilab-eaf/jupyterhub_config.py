@@ -10,7 +10,7 @@ notebook in order to preserve permissions"; a default server plus 5 named server
 import sys
 from pathlib import Path
 
-from afspawner import facility_page
+from afspawner import daskapi, facility_page
 from afspawner.hubcull import stop_notices
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821
@@ -90,7 +90,29 @@ facility_page.setup(c)
 c.JupyterHub.authenticate_prometheus = True
 c.JupyterHub.services = [
     {"name": "prometheus", "api_token": (secrets / "prometheus-token").read_text().strip()},
+    # The COFFEA-DASK flavor's Dask clusters (its `dask` block in the facility file): the
+    # gateway of dask_gateway_config.py, in its own Deployment, holds the same token (Secret
+    # dask-gateway-token) and reserves its workers in this hub's quota ledger.
+    {"name": "dask-gateway", "api_token": (secrets / "dask-gateway-token").read_text().strip()},
 ]
+daskapi.setup(c)  # /hub/api/af/dask/... (scope custom:af-dask:lease) for the gateway
 c.JupyterHub.load_roles = [
     {"name": "metrics", "scopes": ["read:metrics"], "services": ["prometheus"]},
+    {"name": "dask-gateway", "scopes": [daskapi.SCOPE], "services": ["dask-gateway"]},
+    # the servers' tokens (what dask_gateway.Gateway() uses in a notebook) reach the gateway
+    {
+        "name": "server",
+        "scopes": [
+            "users:activity!user",
+            "access:servers!server",
+            "access:services!service=dask-gateway",
+        ],
+    },
 ]
+# users' own tokens too (added to the default "user" role, next to the facility page's scope)
+c.JupyterHub.extra_user_scopes.update({"access:services!service=dask-gateway"})
+# Gateway() with no arguments in every server: the gateway's in-cluster Service
+c.AFSpawner.dask_gateway = {
+    "address": "http://dask-gateway.jupyterhub.svc:8000",
+    "proxy_address": "gateway://dask-gateway.jupyterhub.svc:8786",
+}
