@@ -210,6 +210,7 @@ async def test_coexists_with_jupyterhub_idle_culler(
     """The real idle culler runs as a hub service with a longer, global timeout: the hub stops
     the T4 server at its own limit (and says why), the idle culler the CPU server later."""
     import jupyterhub_idle_culler  # noqa: F401  (a test dependency: fail, never skip, without it)
+
     ns = await new_namespace(k8s_cluster)
     culler = [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout=10", "--cull-every=1"]
     app = await af_hub(
