@@ -38,10 +38,26 @@ from afdask.auth import AFUser
 from afdask.hub import HubClient, HubError
 from afdask.options import AFOptions, cluster_options
 from afspawner.backends.local import _rewrite_token, _write_token
+from afspawner.daskpolicy import (
+    OPTION_KEYS,
+    ClusterPlan,
+    parse_cluster_options,
+    resolve_cluster,
+)
 from afspawner.facility import Facility
 from afspawner.loader import load_facility_file
+from afspawner.policy import Refusal
 
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")
+
+
+def local_gpu_refusal(plan: ClusterPlan) -> str:
+    """Why a local backend cannot run ``plan`` (its workers need GPUs)."""
+    assert plan.gpu is not None
+    return (
+        f"the local Dask backend has no GPUs; worker size '{plan.worker.name}' needs "
+        f"{plan.gpu.count} {plan.gpu.label} GPU(s): pick a worker size without a GPU"
+    )
 
 
 class AFClusterConfig(LocalClusterConfig):  # type: ignore[misc]
@@ -123,6 +139,10 @@ class FacilityBackend(DBBackendBase):  # type: ignore[misc]
         handler = options.handler
 
         def only_known(opts: Any, u: Any) -> dict[str, Any]:
+            raw = {k: opts[k] for k in OPTION_KEYS if k in opts}
+            plan = resolve_cluster(self.facility, user.context(), parse_cluster_options(raw))
+            if plan.gpu is not None:
+                raise Refusal(local_gpu_refusal(plan))
             return {k: v for k, v in handler(opts, u).items() if k in keep}
 
         options.handler = only_known

@@ -4,7 +4,8 @@
 :func:`kube_cluster_config` turns the policy's :class:`~afspawner.daskpolicy.ClusterPlan` and
 the user's identity into dask-gateway ``KubeClusterConfig`` values: the flavor's image, exact
 CPU/memory requests and limits, the VO's namespace, the user's uid/gid/supplemental groups as
-the pods' security context (never root unless the site allows it), the flavor's volumes
+the pods' security context (never root unless the site allows it), the worker size's GPUs
+(resource request/limit, the GPU class's nodeSelector and tolerations), the flavor's volumes
 (rendered by the same volume types as the notebook's, :func:`dask_volumes`) and labels naming
 the user, VO and flavor. :func:`with_token_secret` mounts the user's bearer token Secret as
 the notebook's is mounted (``$BEARER_TOKEN_FILE``).
@@ -18,7 +19,7 @@ from typing import Any
 from afdask.options import identity_env
 from afspawner.daskpolicy import ClusterPlan
 from afspawner.facility import Facility
-from afspawner.manifests import _mount_token
+from afspawner.manifests import _mount_token, _placement
 from afspawner.names import home_claim_name
 from afspawner.plan import UserIdentity
 from afspawner.policy import _volumes
@@ -89,6 +90,15 @@ def kube_cluster_config(
     if volumes:
         pod_extra["volumes"] = [r.volume for r in volumes]
         container_extra["volumeMounts"] = [r.mount for r in volumes]
+    worker_pod, worker_container = pod_extra, container_extra
+    if plan.gpu is not None:  # the worker size's GPUs, placed as a notebook's of that class
+        units = str(plan.gpu.count)  # extended resources: limits must equal requests
+        gpu_resources = {plan.gpu.resource: units}
+        worker_pod = {**pod_extra, **_placement(plan.gpu)}
+        worker_container = {
+            **container_extra,
+            "resources": {"requests": gpu_resources, "limits": dict(gpu_resources)},
+        }
     worker, scheduler = plan.worker, plan.scheduler
     config: dict[str, Any] = {
         "image": plan.image,
@@ -102,9 +112,9 @@ def kube_cluster_config(
         "scheduler_memory_limit": scheduler.memory_bytes,
         "cluster_max_workers": plan.max_workers,
         "environment": {**plan.env, **identity_env(identity)},
-        "worker_extra_pod_config": pod_extra,
+        "worker_extra_pod_config": worker_pod,
         "scheduler_extra_pod_config": pod_extra,
-        "worker_extra_container_config": container_extra,
+        "worker_extra_container_config": worker_container,
         "scheduler_extra_container_config": container_extra,
         "worker_extra_pod_labels": labels,
         "scheduler_extra_pod_labels": labels,

@@ -20,8 +20,9 @@ from types import MappingProxyType
 
 from afcore.quantity import human_cpu, human_memory
 from afspawner.facility import VO, DaskSize, DaskSpec, Facility, Flavor
+from afspawner.plan import GPURequest
 from afspawner.policy import Refusal, UserContext, _denial, offered_flavors
-from afspawner.quota import Ledger, QuotaRefusal, Reservation, Usage, _over
+from afspawner.quota import Ledger, QuotaRefusal, Reservation, Usage, _over, gpu_class_problem
 
 OPTION_KEYS = ("flavor", "vo", "worker_size")
 LEASE_PREFIX = "dask:"  # ledger key of a cluster: (username, "dask:<cluster name>")
@@ -63,6 +64,7 @@ class ClusterPlan:
     worker: DaskSize
     max_workers: int | None  # per cluster: ``max_workers`` and ``max_cores`` of the flavor
     env: Mapping[str, str]
+    gpu: GPURequest | None = None  # each worker's GPUs (the worker size's ``gpu``)
 
     def options(self) -> dict[str, str]:
         """The normalized cluster options (what the gateway stores and sends to the hub)."""
@@ -96,7 +98,29 @@ def option_spec(fac: Facility, user: UserContext) -> OptionSpec:
 
 
 def _size_label(size: DaskSize) -> str:
-    return f"{size.name} ({human_cpu(size.cpu_millis)} CPU, {human_memory(size.memory_bytes)})"
+    gpu = f", {size.gpu.count} {size.gpu.gpu_class} GPU" if size.gpu else ""
+    return f"{size.name} ({human_cpu(size.cpu_millis)} CPU, {human_memory(size.memory_bytes)}{gpu})"
+
+
+def _worker_gpu(fac: Facility, user: UserContext, worker: DaskSize) -> GPURequest | None:
+    """The GPUs of one worker of size ``worker``; a class needing a group the user lacks is
+    refused with the notebook's message."""
+    if worker.gpu is None:
+        return None
+    gclass = fac.gpu_classes[worker.gpu.gpu_class]
+    if gclass.groups and not set(gclass.groups) & user.groups:
+        raise Refusal(
+            f"{gclass.display} GPUs require approval (group "
+            f"{' or '.join(gclass.groups)}); ask your facility's support to be added"
+        )
+    return GPURequest(
+        gpu_class=gclass.name,
+        resource=gclass.resource,
+        count=worker.gpu.count,
+        selector=gclass.selector,
+        tolerations=gclass.tolerations,
+        display=gclass.display,
+    )
 
 
 def parse_cluster_options(raw: object) -> ClusterRequest:
@@ -195,6 +219,7 @@ def resolve_cluster(fac: Facility, user: UserContext, request: ClusterRequest) -
         worker=worker,
         max_workers=_max_workers(spec, worker),
         env=MappingProxyType(env),
+        gpu=_worker_gpu(fac, user, worker),
     )
 
 
@@ -207,11 +232,14 @@ def lease_name(cluster: str) -> str:
 
 
 def cluster_usage(plan: ClusterPlan, workers: int) -> Usage:
-    """The scheduler and ``workers`` workers; Dask pods count CPU and memory, not servers."""
+    """The scheduler and ``workers`` workers; Dask pods count CPU, memory and the workers'
+    GPUs per class, not servers."""
+    gpus = {plan.gpu.gpu_class: workers * plan.gpu.count} if plan.gpu and workers else {}
     return Usage(
         plan.scheduler.cpu_millis + workers * plan.worker.cpu_millis,
         plan.scheduler.memory_bytes + workers * plan.worker.memory_bytes,
         0,
+        gpus,
     )
 
 
@@ -257,7 +285,17 @@ def grant_workers(
     previous = ledger.release(plan.username, name)
     vo = fac.vos.get(plan.vo) if plan.vo is not None else None
     granted, message = wanted, cap_message
-    if vo is not None:
+    no_class = gpu_class_problem(vo, plan.gpu, "worker size") if vo is not None else None
+    if vo is not None and no_class is not None and wanted > 0:
+        granted = 0  # the scheduler alone still needs room (checked below)
+        message = (
+            f"your Dask cluster can have 0 of the {wanted} {plan.worker.name} workers you "
+            f"asked: {no_class}"
+        )
+        base = _fits(vo, ledger, plan.username, cluster_usage(plan, 0))
+        if base is not None and running == 0 and previous is None:
+            raise QuotaRefusal(f"no room for a Dask scheduler: {base}")
+    elif vo is not None:
         problem = _fits(vo, ledger, plan.username, cluster_usage(plan, wanted))
         if problem is not None:
             lo, hi = 0, wanted  # the largest count that fits; usage grows with the count
@@ -272,6 +310,8 @@ def grant_workers(
                 base = _fits(vo, ledger, plan.username, cluster_usage(plan, 0))
                 if base is not None:
                     raise QuotaRefusal(f"no room for a Dask scheduler: {base}")
+            # the limit that stops one more worker (at ``wanted`` another one may come first)
+            problem = _fits(vo, ledger, plan.username, cluster_usage(plan, lo + 1)) or problem
             message = _dask_message(problem, plan, wanted, granted)
     granted = max(granted, running)
     ledger.put(Reservation(plan.username, name, plan.vo, cluster_usage(plan, granted)))

@@ -103,11 +103,12 @@ class FlavorGPU:
 
 @dataclass(frozen=True)
 class DaskSize:
-    """CPU and memory of one Dask worker (a named size) or of the scheduler."""
+    """CPU, memory (and GPUs) of one Dask worker (a named size) or of the scheduler."""
 
     name: str
     cpu_millis: int
     memory_bytes: int
+    gpu: FlavorGPU | None = None  # per worker; never for the scheduler
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from afcore.quantity import human_cpu, human_memory
 from afspawner.facility import VO, Facility, Resources
-from afspawner.plan import LaunchPlan
+from afspawner.plan import GPURequest, LaunchPlan
 from afspawner.policy import Refusal
 
 
@@ -93,15 +93,21 @@ def _over(limits: Resources, used: Usage, ask: Usage, who: str, vo: str) -> str 
     return None
 
 
-def _check_gpu_class(vo: VO, plan: LaunchPlan) -> None:
+def gpu_class_problem(vo: VO, gpu: GPURequest | None, other: str = "flavor") -> str | None:
     """A VO whose ``quota.gpus`` lists classes has no quota for the classes it does not list."""
-    gpu = plan.gpu
     if gpu is not None and vo.quota.gpus and gpu.gpu_class not in vo.quota.gpus:
-        raise QuotaRefusal(
+        return (
             f"VO {vo.name} has no quota for {gpu.label} GPUs "
-            f"(it has: {', '.join(sorted(vo.quota.gpus))}); pick another flavor or ask your "
+            f"(it has: {', '.join(sorted(vo.quota.gpus))}); pick another {other} or ask your "
             "facility"
         )
+    return None
+
+
+def _check_gpu_class(vo: VO, plan: LaunchPlan) -> None:
+    problem = gpu_class_problem(vo, plan.gpu)
+    if problem is not None:
+        raise QuotaRefusal(problem)
 
 
 class _Totals:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from afcore.issues import Checker, short
+from afspawner.daskspec import check_dask_gpus
 from afspawner.facility import VO, Facility, Flavor, Resources
 
 
@@ -101,5 +102,6 @@ def cross_check(c: Checker, fac: Facility, declared: Mapping[str, set[str]]) -> 
             defaults.append(path)
         _check_references(c, fac, fl, path, declared)
         _check_caps(c, fac, fl, path)
+        check_dask_gpus(c, fac, fl, path, declared["gpu_classes"])
     if len(defaults) > 1:
         c.err(defaults[1] + ".default", f"only one flavor may be the default (also {defaults[0]})")

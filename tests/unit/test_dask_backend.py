@@ -4,6 +4,7 @@ configuration from the plan, the hub's user answer, and the uid/gid switch of
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import subprocess
@@ -20,7 +21,7 @@ from afspawner.facility import Facility
 from afspawner.loader import load_facility
 from afspawner.plan import UserIdentity
 from afspawner.policy import Refusal
-from unit.test_dask_policy import FACILITY
+from unit.test_dask_policy import FACILITY, GPU_FACILITY
 
 ALICE = AFUser("alice", {"cms"}, vos=("cms",), identity=UserIdentity("alice", 50001, 5063, (5064,)))
 
@@ -163,3 +164,15 @@ def test_kubernetes_pods_get_the_plan_and_the_users_identity(fac: Facility) -> N
     }
     assert config.worker_extra_pod_labels["jupyterhub-af/vo"] == "cms"
     assert config.environment["NB_UID"] == "50001"
+
+
+def test_local_backends_refuse_gpu_worker_sizes() -> None:
+    backend = AFLocalBackend()
+    backend.facility = load_facility(copy.deepcopy(GPU_FACILITY))
+    user = AFUser("alice", {"cms"}, vos=("cms",), identity=UserIdentity("alice", 50001, 5063))
+    options = asyncio.run(backend.get_cluster_options(user))
+    cpu = options.parse_options({"worker_size": "cpu"})
+    assert options.get_configuration(cpu, user)["worker_memory"] == 2 << 30
+    gpu = options.parse_options({"worker_size": "t4"})
+    with pytest.raises(Refusal, match="the local Dask backend has no GPUs; worker size 't4' "):
+        options.get_configuration(gpu, user)

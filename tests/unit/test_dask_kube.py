@@ -25,6 +25,15 @@ FACILITY: dict[str, Any] = {
         "cms": {"namespace": "af-cms", "quota": {"cpu": 13}},
         "atlas": {"quota": {"cpu": 4}},
     },
+    "gpu_classes": {
+        "t4": {
+            "resource": "nvidia.com/gpu",
+            "selector": {"nvidia.com/gpu.product": "Tesla-T4"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+        }
+    },
     "volumes": {
         "cvmfs": {"type": "cvmfs", "mount": "/cvmfs"},
         "ceph-user": {
@@ -47,7 +56,10 @@ FACILITY: dict[str, Any] = {
             "dask": {
                 "image": "registry.example/coffea-dask:1",
                 "scheduler": {"cpu": 1, "memory": "1Gi"},
-                "worker_sizes": {"small": {"cpu": 1, "memory": "2Gi"}},
+                "worker_sizes": {
+                    "small": {"cpu": 1, "memory": "2Gi"},
+                    "gpu": {"cpu": 1, "memory": "2Gi", "gpu": {"class": "t4", "count": 2}},
+                },
                 "max_workers": 20,
             },
         },
@@ -157,3 +169,23 @@ def test_the_token_secret_is_owned_by_the_cluster() -> None:
     (ref,) = secret["metadata"]["ownerReferences"]
     assert (ref["kind"], ref["name"], ref["uid"]) == ("DaskCluster", "abc", "1234")
     assert secret["metadata"]["name"] == "dask-token-abc"
+
+
+def test_gpu_workers_get_the_resource_selector_and_tolerations(backend: AFKubeBackend) -> None:
+    values = with_token_secret(_config(backend, ALICE, worker_size="gpu"), token_secret_name("g1"))
+    controller = KubeController(gateway_instance="af-unit", api_url="http://gw/api")
+    config = KubeClusterConfig(**values)
+    worker = controller.make_pod("af-cms", "g1", config, is_worker=True)["spec"]
+    (container,) = worker["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    assert container["resources"]["limits"]["cpu"] == "1.000"  # merged, not replaced
+    assert worker["nodeSelector"] == {"nvidia.com/gpu.product": "Tesla-T4"}
+    assert worker["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert worker["securityContext"]["runAsUser"] == 50001
+    assert {v["name"] for v in worker["volumes"]} >= {"vol-cvmfs", "af-token"}
+    scheduler = controller.make_pod("af-cms", "g1", config, is_worker=False)["spec"]
+    assert "nvidia.com/gpu" not in scheduler["containers"][0]["resources"]["limits"]
+    assert "nodeSelector" not in scheduler and "tolerations" not in scheduler

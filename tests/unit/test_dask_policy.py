@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from afspawner.daskapi import Leases
 from afspawner.daskpolicy import (
     ClusterRequest,
+    Grant,
     cluster_usage,
     grant_workers,
     option_spec,
@@ -21,7 +23,7 @@ from afspawner.daskpolicy import (
 from afspawner.facility import Facility
 from afspawner.loader import FacilityError, load_facility
 from afspawner.ownership import ServerView, ledger_changes
-from afspawner.plan import LaunchPlan, UserIdentity
+from afspawner.plan import GPURequest, LaunchPlan, UserIdentity
 from afspawner.policy import Refusal, UserContext
 from afspawner.quota import Ledger, QuotaRefusal
 
@@ -279,3 +281,126 @@ def test_the_hub_view_counts_live_leases_as_busy() -> None:
     leases.renew(("alice", "dask:c1"), now=0)
     view.also_busy.append(lambda: leases.live(now=50))
     assert view.busy() == {("alice", "dask:c1")}
+
+
+# -- GPU worker sizes --------------------------------------------------------------------------
+GPU_FACILITY: dict[str, Any] = {
+    "vos": {
+        "cms": {"quota": {"cpu": 100, "gpus": {"t4": 2}}, "per_user": {"gpus": {"t4": 2}}},
+        "atlas": {"quota": {"cpu": 100, "gpus": {"a100": 4}}},
+    },
+    "gpu_classes": {
+        "t4": {
+            "display": "NVIDIA T4",
+            "resource": "nvidia.com/gpu",
+            "selector": {"nvidia.com/gpu.product": "Tesla-T4"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+        },
+        "a100": {"resource": "nvidia.com/gpu", "groups": ["gpu-approved"]},
+    },
+    "flavors": [
+        {
+            "name": "ml",
+            "vos": ["cms", "atlas"],
+            "image": "registry.example/ml:1",
+            "cpu": 1,
+            "memory": "2Gi",
+            "dask": {
+                "worker_sizes": {
+                    "cpu": {"cpu": 1, "memory": "2Gi"},
+                    "t4": {"cpu": 1, "memory": "4Gi", "gpu": {"class": "t4"}},
+                    "a100": {"cpu": 1, "memory": "4Gi", "gpu": {"class": "a100", "count": 2}},
+                }
+            },
+        },
+    ],
+}
+
+
+@pytest.fixture
+def gpu_fac() -> Facility:
+    return load_facility(copy.deepcopy(GPU_FACILITY))
+
+
+def test_gpu_worker_sizes_are_parsed(gpu_fac: Facility) -> None:
+    ml = gpu_fac.flavor("ml")
+    assert ml is not None and ml.dask is not None
+    gpus = {s.name: s.gpu and (s.gpu.gpu_class, s.gpu.count) for s in ml.dask.worker_sizes}
+    assert gpus == {"cpu": None, "t4": ("t4", 1), "a100": ("a100", 2)}
+    labels = [c.label for c in option_spec(gpu_fac, ALICE).worker_sizes]
+    assert "t4 (1 CPU, 4Gi, 1 t4 GPU)" in labels, labels
+
+
+def test_bad_gpu_worker_sizes_are_reported_with_their_paths() -> None:
+    data = copy.deepcopy(GPU_FACILITY)
+    data["gpu_classes"]["t4"]["max_per_user"] = 1
+    data["vos"]["atlas"]["quota"]["gpus"] = {"t4": 1}  # neither VO lists a100 now
+    sizes = data["flavors"][0]["dask"]["worker_sizes"]
+    sizes["v100"] = {"cpu": 1, "memory": "1Gi", "gpu": {"class": "v100"}}
+    sizes["zero"] = {"cpu": 1, "memory": "1Gi", "gpu": {"class": "t4", "count": 0}}
+    sizes["half"] = {"cpu": 1, "memory": "1Gi", "gpu": {"class": "t4", "count": 1.5}}
+    sizes["two"] = {"cpu": 1, "memory": "1Gi", "gpu": {"class": "t4", "count": 2}}
+    sizes["noclass"] = {"cpu": 1, "memory": "1Gi", "gpu": {"count": 1, "kind": "x"}}
+    data["flavors"][0]["dask"]["scheduler"] = {"cpu": 1, "memory": "1Gi", "gpu": {"class": "t4"}}
+    with pytest.raises(FacilityError) as err:
+        load_facility(data)
+    text = str(err.value)
+    for expected in (
+        "flavors[0].dask.worker_sizes.v100.gpu.class: unknown GPU class 'v100'; defined: a100, t4",
+        "flavors[0].dask.worker_sizes.zero.gpu.count",
+        "flavors[0].dask.worker_sizes.half.gpu.count",
+        "flavors[0].dask.worker_sizes.two.gpu.count: 2 exceeds t4.max_per_user (1)",
+        "flavors[0].dask.worker_sizes.noclass.gpu.class",
+        "flavors[0].dask.worker_sizes.noclass.gpu.kind: unknown key",
+        "flavors[0].dask.worker_sizes.a100.gpu.class: no VO of this flavor (cms, atlas) lists "
+        "'a100' in quota.gpus",
+        "flavors[0].dask.scheduler.gpu: unknown key",
+    ):
+        assert expected in text, text
+
+
+def _t4_notebook(user: str, server: str) -> LaunchPlan:
+    return dataclasses.replace(
+        _notebook(user, server, 1),
+        flavor="ml",
+        gpu=GPURequest("t4", "nvidia.com/gpu", 1, display="NVIDIA T4"),
+    )
+
+
+def test_gpu_workers_are_counted_per_class_with_the_notebooks(gpu_fac: Facility) -> None:
+    ledger = Ledger()
+    plan = resolve_cluster(gpu_fac, ALICE, ClusterRequest(vo="cms", worker_size="t4"))
+    assert plan.gpu is not None and plan.gpu.resource == "nvidia.com/gpu"
+    assert cluster_usage(plan, 3).gpus == {"t4": 3} and cluster_usage(plan, 0).gpus == {}
+    grant = grant_workers(gpu_fac, ledger, plan, "c1", 5)
+    assert grant.workers == 2
+    assert grant.message is not None
+    assert "you use 0/2 t4 GPUs" in grant.message, grant.message
+    assert "2 of the 5 workers" in grant.message
+    assert ledger.usage("cms").gpus == {"t4": 2}
+    # a notebook holding a T4 leaves room for one worker only
+    ledger.release("alice", "dask:c1")
+    ledger.admit(gpu_fac, _t4_notebook("bob", ""))
+    grant = grant_workers(gpu_fac, ledger, plan, "c1", 5)
+    assert grant.workers == 1
+    assert grant.message is not None and "VO cms uses 1/2 t4 GPUs" in grant.message
+    # the same ledger now refuses a T4 notebook; CPU workers still grow
+    with pytest.raises(QuotaRefusal, match="VO cms uses 2/2 t4 GPUs"):
+        ledger.admit(gpu_fac, _t4_notebook("carol", ""))
+    cpu = resolve_cluster(gpu_fac, ALICE, ClusterRequest(vo="cms", worker_size="cpu"))
+    assert grant_workers(gpu_fac, ledger, cpu, "c2", 5) == Grant(5, None)
+
+
+def test_a_vo_has_no_quota_for_gpu_classes_it_does_not_list(gpu_fac: Facility) -> None:
+    ledger = Ledger()
+    both = UserContext("dan", frozenset({"cms", "atlas"}), ("cms", "atlas"))
+    plan = resolve_cluster(gpu_fac, both, ClusterRequest(vo="atlas", worker_size="t4"))
+    grant = grant_workers(gpu_fac, ledger, plan, "c1", 3)
+    assert grant.workers == 0  # the scheduler runs; no T4 worker
+    assert grant.message is not None
+    assert "0 of the 3 t4 workers" in grant.message
+    assert "VO atlas has no quota for NVIDIA T4 GPUs (it has: a100)" in grant.message
+    assert ledger.usage("atlas").cpu_millis == 1000  # the scheduler
+    # a GPU class that needs a group the user lacks is refused as for notebooks
+    with pytest.raises(Refusal, match="GPUs require approval"):
+        resolve_cluster(gpu_fac, both, ClusterRequest(vo="atlas", worker_size="a100"))
