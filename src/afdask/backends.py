@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -32,11 +31,12 @@ from dask_gateway_server.backends.local import (
     UnsafeLocalBackend,
 )
 from dask_gateway_server.utils import timestamp
-from traitlets import Bool, Float, Integer, List, Unicode, default
+from traitlets import Bool, Integer, List, Unicode, default
 
 from afdask.auth import AFUser
-from afdask.hub import HubClient, HubError
+from afdask.hub import HubError
 from afdask.options import AFOptions, cluster_options
+from afdask.policy_base import FacilityPolicy
 from afspawner.backends.local import _rewrite_token, _write_token
 from afspawner.daskpolicy import (
     OPTION_KEYS,
@@ -44,8 +44,6 @@ from afspawner.daskpolicy import (
     parse_cluster_options,
     resolve_cluster,
 )
-from afspawner.facility import Facility
-from afspawner.loader import load_facility_file
 from afspawner.policy import Refusal
 
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")
@@ -83,52 +81,22 @@ def _n_running(cluster: Any) -> int:
     return sum(1 for w in cluster.workers.values() if w.status < JobStatus.STOPPED)
 
 
-class FacilityBackend(DBBackendBase):  # type: ignore[misc]
+class FacilityBackend(FacilityPolicy, DBBackendBase):  # type: ignore[misc]
     """The facility's policy and quota for a dask-gateway database backend (a mixin)."""
-
-    facility_file = Unicode("", help="The facility file (the hub's).", config=True)
-    hub_api_url = Unicode(help="The hub's API URL ($JUPYTERHUB_API_URL).", config=True)
-    hub_api_token = Unicode(
-        help="The gateway service's hub token ($JUPYTERHUB_API_TOKEN); its role needs "
-        "custom:af-dask:lease.",
-        config=True,
-    )
-    allow_root = Bool(False, help="Allow clusters to run as uid/gid 0.", config=True)
-    lease_renew_period = Float(
-        60.0, help="Seconds between two renewals of every active cluster's lease.", config=True
-    )
-
-    @default("hub_api_url")
-    def _default_hub_api_url(self) -> str:
-        return os.environ.get("JUPYTERHUB_API_URL", "")
-
-    @default("hub_api_token")
-    def _default_hub_api_token(self) -> str:
-        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
     @default("cluster_config_class")
     def _default_cluster_config_class(self) -> type:
         return AFClusterConfig
 
     async def setup(self, app: Any) -> None:
-        if not self.facility_file:
-            raise ValueError("c.FacilityBackend.facility_file is not set")
-        if not (self.hub_api_url and self.hub_api_token):
-            raise ValueError("the hub's API URL and the gateway's hub token are needed")
-        self.facility: Facility = load_facility_file(self.facility_file)
-        self.hub = HubClient(self.hub_api_url, self.hub_api_token)
-        self._leased: dict[str, int] = {}
-        self._messages: dict[str, str] = {}  # why the last lease gave fewer workers
+        self.open_policy()
         await super().setup(app)
-        self._renewer = asyncio.ensure_future(self._renew_loop())
+        self.start_renewing()
 
     async def cleanup(self) -> None:
-        renewer = getattr(self, "_renewer", None)
-        if renewer is not None:
-            renewer.cancel()
+        self.stop_renewing()
         await super().cleanup()  # may stop clusters: their leases are released first
-        if hasattr(self, "hub"):
-            await self.hub.close()
+        await self.close_policy()
 
     # -- options -----------------------------------------------------------------------------
     async def get_cluster_options(self, user: Any) -> AFOptions:
@@ -228,16 +196,6 @@ class FacilityBackend(DBBackendBase):  # type: ignore[misc]
 
     async def refresh_cluster(self, cluster: Any) -> None:
         """Called at each renewal for every active cluster (token files: below)."""
-
-    async def _renew_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_renew_period)
-            try:
-                await self.renew_leases()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.log.warning("lease renewal failed (%s)", type(exc).__name__)
 
 
 TOKEN_FILE = ".af-bearer-token"  # noqa: S105 - a file name, not a secret

@@ -18,19 +18,17 @@ resource, reconciled by dask-gateway's ``KubeController`` into pods) with:
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import os
 from typing import Any
 
 from dask_gateway_server import models
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.kubernetes.backend import KubeBackend
 from kubernetes_asyncio.client.rest import ApiException
-from traitlets import Bool, Float, Unicode, default
+from traitlets import Bool, Unicode
 
 from afdask.auth import AFUser
-from afdask.hub import HubClient, HubError
+from afdask.hub import HubError
 from afdask.kube import (
     dask_volumes,
     kube_cluster_config,
@@ -40,32 +38,20 @@ from afdask.kube import (
     with_token_secret,
 )
 from afdask.options import AFOptions, cluster_options, require_identity
+from afdask.policy_base import FacilityPolicy
 from afspawner.daskpolicy import parse_cluster_options, resolve_cluster
-from afspawner.facility import Facility
-from afspawner.loader import load_facility_file
 from afspawner.manifests import TOKEN_KEY, token_secret
 
 ACTIVE = models.ClusterStatus.RUNNING
 
 
-class AFKubeBackend(KubeBackend):  # type: ignore[misc]
+class AFKubeBackend(FacilityPolicy, KubeBackend):  # type: ignore[misc]
     """``KubeBackend`` whose clusters follow the facility's policy and the hub's quota.
 
     The policy traits have the names and meaning of
     :class:`~afdask.backends.FacilityBackend`'s, set as ``c.AFKubeBackend.<name>``.
     """
 
-    facility_file = Unicode("", help="The facility file (the hub's).", config=True)
-    hub_api_url = Unicode(help="The hub's API URL ($JUPYTERHUB_API_URL).", config=True)
-    hub_api_token = Unicode(
-        help="The gateway service's hub token ($JUPYTERHUB_API_TOKEN); its role needs "
-        "custom:af-dask:lease.",
-        config=True,
-    )
-    allow_root = Bool(False, help="Allow clusters to run as uid/gid 0.", config=True)
-    lease_renew_period = Float(
-        60.0, help="Seconds between two renewals of every active cluster's lease.", config=True
-    )
     pass_bearer_token = Bool(
         True, help="Give clusters the user's bearer token (a Secret).", config=True
     )
@@ -73,35 +59,17 @@ class AFKubeBackend(KubeBackend):  # type: ignore[misc]
         "default", help="Namespace of clusters whose VO has no namespace.", config=True
     )
 
-    @default("hub_api_url")
-    def _default_hub_api_url(self) -> str:
-        return os.environ.get("JUPYTERHUB_API_URL", "")
-
-    @default("hub_api_token")
-    def _default_hub_api_token(self) -> str:
-        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
-
     async def setup(self, app: Any) -> None:
-        if not self.facility_file:
-            raise ValueError("c.AFKubeBackend.facility_file is not set")
-        if not (self.hub_api_url and self.hub_api_token):
-            raise ValueError("the hub's API URL and the gateway's hub token are needed")
-        self.facility: Facility = load_facility_file(self.facility_file)
-        self.hub = HubClient(self.hub_api_url, self.hub_api_token)
-        self._leased: dict[str, int] = {}
+        self.open_policy()
         self._running: dict[str, int] = {}
-        self._messages: dict[str, str] = {}
         self._owners: dict[str, str] = {}  # cluster name → user (a deleted object has none)
         await super().setup(app)
-        self._renewer = asyncio.ensure_future(self._renew_loop())
+        self.start_renewing()
 
     async def cleanup(self) -> None:
-        renewer = getattr(self, "_renewer", None)
-        if renewer is not None:
-            renewer.cancel()
+        self.stop_renewing()
         await super().cleanup()
-        if hasattr(self, "hub"):
-            await self.hub.close()
+        await self.close_policy()
 
     # -- options and configuration ------------------------------------------------------------
     async def get_cluster_options(self, user: Any) -> AFOptions:
@@ -251,13 +219,3 @@ class AFKubeBackend(KubeBackend):  # type: ignore[misc]
             body = {"stringData": {TOKEN_KEY: token}}
             await self.core_client.patch_namespaced_secret(name, namespace, body)
             self.log.info("refreshed the bearer token of cluster %s", cluster.name)
-
-    async def _renew_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_renew_period)
-            try:
-                await self.renew_leases()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.log.warning("lease renewal failed (%s)", type(exc).__name__)
