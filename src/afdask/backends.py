@@ -153,20 +153,10 @@ class FacilityBackend(FacilityPolicy, DBBackendBase):  # type: ignore[misc]
         if msg.get("op") != "scale" or not isinstance(msg.get("count"), int):
             await super().forward_message_to_scheduler(cluster, msg)
             return
-        wanted = int(msg["count"])
         record = self.db.get_cluster(cluster.name)
         if record is None:
             raise PublicException(f"cluster {cluster.name} is not running")
-        self._messages.pop(cluster.name, None)
-        granted = await self._lease(record, wanted)
-        if granted is None:
-            raise PublicException("the hub did not answer; the cluster was not scaled, try again")
-        await super().forward_message_to_scheduler(cluster, {**msg, "count": min(wanted, granted)})
-        if granted < wanted:
-            raise PublicException(
-                self._messages.get(cluster.name)
-                or f"your cluster was scaled to {granted} workers, not {wanted}"
-            )
+        await self.scale_within_lease(cluster, record, msg, super().forward_message_to_scheduler)
 
     async def on_cluster_heartbeat(self, cluster_name: str, msg: dict[str, Any]) -> None:
         cluster = self.db.get_cluster(cluster_name)

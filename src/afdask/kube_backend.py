@@ -155,17 +155,7 @@ class AFKubeBackend(FacilityPolicy, KubeBackend):  # type: ignore[misc]
         if msg.get("op") != "scale" or not isinstance(msg.get("count"), int):
             await super().forward_message_to_scheduler(cluster, msg)
             return
-        wanted = int(msg["count"])
-        self._messages.pop(cluster.name, None)
-        granted = await self._lease(cluster, wanted)
-        if granted is None:
-            raise PublicException("the hub did not answer; the cluster was not scaled, try again")
-        await super().forward_message_to_scheduler(cluster, {**msg, "count": min(wanted, granted)})
-        if granted < wanted:
-            raise PublicException(
-                self._messages.get(cluster.name)
-                or f"your cluster was scaled to {granted} workers, not {wanted}"
-            )
+        await self.scale_within_lease(cluster, cluster, msg, super().forward_message_to_scheduler)
 
     async def on_cluster_heartbeat(self, cluster_name: str, msg: dict[str, Any]) -> None:
         """The scheduler's wanted worker count becomes ``spec.replicas`` only as leased."""

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from dask_gateway_server.backends.base import PublicException
 from traitlets import Bool, Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 
@@ -68,6 +71,30 @@ class FacilityPolicy(LoggingConfigurable):
     async def renew_leases(self) -> None:
         """Renew every active cluster's lease (each backend knows its clusters)."""
         raise NotImplementedError
+
+    async def _lease(self, cluster: Any, wanted: int) -> int | None:
+        """Lease up to ``wanted`` workers for ``cluster``; ``None`` when the hub did not answer."""
+        raise NotImplementedError
+
+    async def scale_within_lease(
+        self,
+        cluster: Any,
+        record: Any,
+        msg: dict[str, Any],
+        forward: Callable[[Any, dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        """Forward a user's ``scale`` as far as the hub leases it; say why when it is less."""
+        wanted = int(msg["count"])
+        self._messages.pop(cluster.name, None)
+        granted = await self._lease(record, wanted)
+        if granted is None:
+            raise PublicException("the hub did not answer; the cluster was not scaled, try again")
+        await forward(cluster, {**msg, "count": min(wanted, granted)})
+        if granted < wanted:
+            raise PublicException(
+                self._messages.get(cluster.name)
+                or f"your cluster was scaled to {granted} workers, not {wanted}"
+            )
 
     async def _renew_loop(self) -> None:
         while True:
