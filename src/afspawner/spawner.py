@@ -19,7 +19,7 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import default
 
-from afspawner import credentials, metrics, pipeline
+from afspawner import credentials, metrics, pacing, pipeline
 from afspawner.admission import WaitSettings
 from afspawner.backends import Backend, LaunchFailed, LaunchRequest, Started, backends
 from afspawner.culling import NOTICE_KEY, notice_html
@@ -204,6 +204,7 @@ class AFSpawner(Spawner, SpawnerTraits):  # type: ignore[misc]
         the same decision, made at the beginning of ``start()``.
         """
         try:
+            await pacing.pacer(self.pacing_budget).turn()
             self._admitted = await self._decide(self.runtime, user_options)
         except BaseException:
             self._login_state = None
@@ -230,7 +231,8 @@ class AFSpawner(Spawner, SpawnerTraits):  # type: ignore[misc]
         self._events = []
         admitted, self._admitted = self._admitted, None
         try:
-            if admitted is None:
+            if admitted is None:  # a site's own apply_user_options: decide here
+                await pacing.pacer(self.pacing_budget).turn()
                 admitted = await self._decide(rt, self.user_options)
         finally:
             self._login_state = None  # later reads (token refresh) go to the hub again
@@ -406,6 +408,7 @@ class AFSpawner(Spawner, SpawnerTraits):  # type: ignore[misc]
     async def stop(self, now: bool = False) -> None:
         """Stop the server; without saved state, what its deterministic names find."""
         rt = self.runtime
+        await pacing.pacer(self.pacing_budget).turn()
         state = self._state or await rt.backend.find(self.user.name, self.name)
         if state:
             await rt.backend.stop(state, now=now)

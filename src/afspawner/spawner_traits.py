@@ -68,6 +68,13 @@ class SpawnerTraits(Configurable):
         help="When no GPU of the class is free: refuse at once, or wait in a FIFO.",
     )
     gpu_queue_timeout = Float(900, config=True, help="Seconds a spawn may wait for a GPU.")
+    pacing_budget = Float(
+        0.02,
+        config=True,
+        help="Seconds of spawn and stop work the hub's event loop runs per iteration when "
+        "many start at once; the rest wait their turn in order, so logins and the proxy "
+        "stay responsive in a storm (afspawner.pacing; 0: no pacing).",
+    )
     pass_bearer_token = Bool(
         True,
         config=True,

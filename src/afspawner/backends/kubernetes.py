@@ -65,6 +65,24 @@ def _unreachable(exc: BaseException) -> LaunchFailed:
     return LaunchFailed("the Kubernetes API did not answer; try again in a minute")
 
 
+def _secrets_of(state: Mapping[str, Any]) -> list[str]:
+    """The server's Secrets to delete with its pod, so credentials go at once.
+
+    A started server's state says which credential Secrets it has (``token_sha``,
+    ``ccache_sha``, ``services_sha``: set by the spawner whenever it writes one). A state
+    found by name, or of a launch that failed, says nothing: every name is deleted. Whatever
+    is missed is owned by the pod, so the garbage collector removes it with the pod.
+    """
+    name = str(state["pod"])
+    known = "vo" in state
+    pairs = (
+        ("token_sha", token_secret_name(name)),
+        ("ccache_sha", krb5_secret_name(name)),
+        ("services_sha", services_secret_name(name)),
+    )
+    return [name] + [secret for marker, secret in pairs if not known or marker in state]
+
+
 def _selector(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
@@ -356,19 +374,16 @@ class KubernetesBackend(Backend):
             "gracePeriodSeconds": 0 if now else 10,
             "propagationPolicy": "Background",
         }
-        paths = (
-            f"{base}/pods/{name}",
-            f"{base}/secrets/{name}",
-            f"{base}/secrets/{token_secret_name(name)}",
-            f"{base}/secrets/{krb5_secret_name(name)}",
-            f"{base}/secrets/{services_secret_name(name)}",
-        )
-        for path in paths:
+        paths = [f"{base}/pods/{name}"] + [f"{base}/secrets/{s}" for s in _secrets_of(state)]
+
+        async def delete(path: str) -> None:
             try:
                 await request(self.api, "DELETE", path, body=body)
             except KubeError as exc:
                 if exc.status != 404:
                     raise
+
+        await asyncio.gather(*(delete(path) for path in paths))
         key = f"{ns}/{name}"
         try:
             async with asyncio.timeout(60):
