@@ -57,6 +57,7 @@ _common.use_test_bed()
 
 from storm_contenders import CONTENDERS, FLOOR_CONNECTIONS, Contender, StormSettings  # noqa: E402
 from storm_kit import (  # noqa: E402
+    GCPauses,
     RequestCounter,
     Stub,
     Ticker,
@@ -179,8 +180,12 @@ async def measure(
 
     if trace and not tracemalloc.is_tracing():
         tracemalloc.start()  # until the end of the stop storm
-    ticker = Ticker()
+    ticker, pauses, paced = Ticker(), GCPauses(), _pacer()
+    parked0 = paced.parked_max if paced else 0
+    if paced:
+        paced.parked_max = 0
     ticker.start()
+    pauses.start()
     if profiler is not None:
         profiler.enable()
     cpu0, t0, begun = time.process_time(), time.monotonic(), loop.time()
@@ -195,6 +200,10 @@ async def measure(
     if profiler is not None:
         profiler.disable()
     lags = await ticker.stop()
+    collector = pauses.stop()
+    parked = paced.parked_max if paced else 0
+    if paced:
+        paced.parked_max = max(parked0, parked)
     hub, others = counter.take(contender.namespace)
     for task in pending:
         task.cancel()
@@ -232,7 +241,15 @@ async def measure(
         traced_end=traced,
         errors=dict(errors),
         error_samples=samples,
+        gc=collector,
+        pacer_parked_max=parked,
     )
+
+
+def _pacer() -> Any:
+    """AFSpawner's pacer on this loop (``None`` when afspawner is not imported yet)."""
+    pacing = sys.modules.get("afspawner.pacing")
+    return pacing.pacer() if pacing is not None else None
 
 
 def _status(phase: Phase) -> str:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import signal
 import ssl
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -57,6 +59,35 @@ class Ticker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         return self.lags
+
+
+class GCPauses:
+    """Python's garbage-collector passes while a storm runs: how long the loop was held by them
+    (a full pass over a large heap stops every coroutine, ours or not)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []  # (generation, seconds)
+        self._began = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.pauses.append((int(info["generation"]), time.perf_counter() - self._began))
+
+    def start(self) -> None:
+        gc.callbacks.append(self._callback)
+
+    def stop(self) -> dict[str, float]:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+        full = [s for g, s in self.pauses if g == 2]
+        return {
+            "passes": len(self.pauses),
+            "full_passes": len(full),
+            "total_ms": sum(s for _, s in self.pauses) * 1000,
+            "max_ms": max((s for _, s in self.pauses), default=0.0) * 1000,
+        }
 
 
 def request_key(verb: str, resource: str, subresource: str = "") -> str:

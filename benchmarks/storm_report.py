@@ -56,6 +56,8 @@ class Phase:
     error_samples: list[str] = field(default_factory=list)
     pods_left: int = 0
     last_done_s: float = math.nan  # when the last successful one returned
+    gc: dict[str, float] = field(default_factory=dict)  # the collector's passes (GCPauses)
+    pacer_parked_max: int = 0  # spawns waiting their turn at once (afspawner.pacing)
 
 
 def latency(values: Sequence[float]) -> dict[str, float]:
@@ -182,6 +184,7 @@ def phases_table(phases: list[Phase], action: str) -> str:
             p.cpu_ms_per_op,
             p.lag_max_ms,
             p.lag_p99_ms,
+            _collector(p),
             _requests(p.hub_requests_per_op),
             _memory(p) if action == "spawn" else "-",
         )
@@ -191,10 +194,17 @@ def phases_table(phases: list[Phase], action: str) -> str:
     what = "spawns" if action == "spawn" else "stops"
     return table(
         ["N", "contender", "ok", f"{what}/s", "p50 s", "p95 s", "p99 s", f"hub CPU ms/{action}",
-         "loop lag max ms", "loop lag p99 ms", f"hub apiserver requests per {action}",
+         "loop lag max ms", "loop lag p99 ms", "GC: full passes; longest pass ms",
+         f"hub apiserver requests per {action}",
          "hub memory per 1000 pods: RSS growth MiB; blocks held; traced MiB"],
         rows,
     )  # fmt: skip
+
+
+def _collector(p: Phase) -> str:
+    if not p.gc:
+        return "-"
+    return f"{int(p.gc.get('full_passes', 0))}; {p.gc.get('max_ms', 0.0):.0f}"
 
 
 def ratios_table(rows: list[dict[str, Any]]) -> str:
