@@ -122,6 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="cProfile AFSpawner's spawn storms into results/<name>.profile.txt (slows them)",
     )
+    p.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="after the warm-up, move everything alive to the collector's permanent "
+        "generation (gc.freeze(), as a hub could after start-up), for every contender",
+    )
     p.add_argument("--name", default=NAME, help="results/<name>.json and .md")
     args = p.parse_args(argv)
     args.sizes = [int(x) for x in str(args.sizes).split(",") if x]
@@ -279,6 +285,9 @@ async def storm(
                 await c.spawn(0)
                 await c.stop(0)
                 await clear_namespace(kube, c.namespace, 120)
+            if args.gc_freeze:
+                gc.collect()
+                gc.freeze()
             for k, n in enumerate(args.sizes):
                 names = list(contenders)
                 order = names if k % 2 == 0 else names[::-1]

@@ -67,13 +67,18 @@ class GCPauses:
 
     def __init__(self) -> None:
         self.pauses: list[tuple[int, float]] = []  # (generation, seconds)
-        self._began = 0.0
+        self.freed: list[int] = []  # objects each full pass found unreachable
+        self._began = self._began_cpu = 0.0
+        self.cpu: list[float] = []  # CPU seconds of each full pass (the rest: waiting for a core)
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._began = time.perf_counter()
+            self._began, self._began_cpu = time.perf_counter(), time.thread_time()
         else:
             self.pauses.append((int(info["generation"]), time.perf_counter() - self._began))
+            if info["generation"] == 2:
+                self.freed.append(int(info["collected"]))
+                self.cpu.append(time.thread_time() - self._began_cpu)
 
     def start(self) -> None:
         gc.callbacks.append(self._callback)
@@ -87,6 +92,8 @@ class GCPauses:
             "full_passes": len(full),
             "total_ms": sum(s for _, s in self.pauses) * 1000,
             "max_ms": max((s for _, s in self.pauses), default=0.0) * 1000,
+            "full_freed_max": max(self.freed, default=0),
+            "full_cpu_max_ms": max(self.cpu, default=0.0) * 1000,
         }
 
 

@@ -226,6 +226,7 @@ class KubernetesBackend(Backend):
             secrets += [objs.krb5_secret] if objs.krb5_secret else []
             secrets += [objs.services_secret] if objs.services_secret else []
             await self._create(objs.claims, secrets, objs.pod)
+            del objs, secrets  # not held while waiting: less for the collector to scan
             progress(f"Server pod {ns}/{name} created; waiting for Kubernetes to start it")
             left = deadline - asyncio.get_running_loop().time()
             pod = await self._wait_ready(key, max(left, 1.0))
@@ -378,7 +379,7 @@ class KubernetesBackend(Backend):
 
         async def delete(path: str) -> None:
             try:
-                await request(self.api, "DELETE", path, body=body)
+                await request(self.api, "DELETE", path, body=body, decode=False)
             except KubeError as exc:
                 if exc.status != 404:
                     raise

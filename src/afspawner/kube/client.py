@@ -56,8 +56,12 @@ async def request(
     query: dict[str, Any] | None = None,
     body: Any = None,
     request_timeout: float | None = 30,
+    decode: bool = True,
 ) -> Any:
-    """A JSON request on the shared client; raises :class:`KubeError` on non-2xx."""
+    """A JSON request on the shared client; raises :class:`KubeError` on non-2xx.
+
+    ``decode=False``: the answer's body is not parsed (``None``), for callers that do not
+    read it (a DELETE answers with the whole object)."""
     resp = await api.call_api(
         path,
         method,
@@ -76,7 +80,7 @@ async def request(
         raise KubeError(resp.status, body_bytes.decode("utf-8", "replace"))
     # Decoded here, not in a thread: json holds the GIL for the whole document, so a thread
     # would stall the loop just as long. Callers keep documents small (LIST pages, see informer).
-    return json.loads(body_bytes) if body_bytes else None
+    return json.loads(body_bytes) if body_bytes and decode else None
 
 
 async def stream(
