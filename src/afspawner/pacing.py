@@ -67,7 +67,7 @@ class Pacer:
         self.parked_max = max(self.parked_max, len(self._parked))
         if not self._draining:
             self._draining = True
-            self._last_drain, self._released = now, 0
+            self._released = 0
             loop.call_soon(self._drain, loop)
         try:
             await future
@@ -79,14 +79,21 @@ class Pacer:
     def _end_slice(self) -> None:
         self._slice_start = None
 
+    def _mark(self) -> None:
+        self._last_drain = self._clock()
+
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Release the next batch; sized from what the previous one cost (wall time from
-        the previous drain to this one, which holds that batch's sections)."""
+        """Release the next batch, sized from what the previous batch's sections cost.
+
+        The released callers resume in the next iteration, one after the other, between
+        ``_mark`` (queued just before them) and this callback (queued just after them), so
+        the time from mark to drain is the cost of their sections and nothing else."""
         now = self._clock()
         if self._released:
             per_section = max((now - self._last_drain) / self._released, 1e-6)
             self._batch = max(1, min(1000, int(self.budget / per_section)))
-        self._last_drain, self._released = now, 0
+        self._released = 0
+        loop.call_soon(self._mark)
         while self._parked and self._released < self._batch:
             future = self._parked.popleft()
             if not future.done():
