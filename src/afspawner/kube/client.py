@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
+import urllib.request
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -26,9 +28,35 @@ async def shared_api_client(kubeconfig: str | None = None) -> client.ApiClient:
                 config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
             except ConfigException:
                 await config.load_kube_config(client_configuration=cfg)
+        _resolve_proxy_once(cfg)
         api = client.ApiClient(cfg)
+        _no_per_request_env(api)
         _clients[kubeconfig] = api
         return api
+
+
+def _resolve_proxy_once(cfg: client.Configuration) -> None:
+    """The proxy the environment names for the apiserver (``HTTPS_PROXY``, ``NO_PROXY``),
+    looked up once here instead of on every request (see :func:`_no_per_request_env`)."""
+    if cfg.proxy:
+        return
+    host = urllib.parse.urlsplit(str(cfg.host)).hostname or ""
+    proxies = urllib.request.getproxies()
+    scheme = urllib.parse.urlsplit(str(cfg.host)).scheme or "https"
+    proxy = proxies.get(scheme)
+    if proxy and host and not urllib.request.proxy_bypass(host):
+        cfg.proxy = proxy
+
+
+def _no_per_request_env(api: client.ApiClient) -> None:
+    """kubernetes-asyncio opens its aiohttp session with ``trust_env=True``, so every request
+    made two trips to a thread (a proxy lookup in the environment and a ``~/.netrc`` read): in
+    a spawn storm, thousands of thread hops contending with the event loop for the GIL. The
+    proxy is resolved once (:func:`_resolve_proxy_once`); apiserver credentials never come
+    from ``.netrc``."""
+    session = api.rest_client.pool_manager
+    if hasattr(session, "_trust_env"):  # tests/unit/test_kube_client.py fails if it goes
+        session._trust_env = False
 
 
 async def close_shared_clients() -> None:
