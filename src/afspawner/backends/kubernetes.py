@@ -375,7 +375,6 @@ class KubernetesBackend(Backend):
             "gracePeriodSeconds": 0 if now else 10,
             "propagationPolicy": "Background",
         }
-        paths = [f"{base}/pods/{name}"] + [f"{base}/secrets/{s}" for s in _secrets_of(state)]
 
         async def delete(path: str) -> None:
             try:
@@ -384,7 +383,10 @@ class KubernetesBackend(Backend):
                 if exc.status != 404:
                     raise
 
-        await asyncio.gather(*(delete(path) for path in paths))
+        # the pod in this task (its request is built within the caller's paced section),
+        # then its Secrets together
+        await delete(f"{base}/pods/{name}")
+        await asyncio.gather(*(delete(f"{base}/secrets/{s}") for s in _secrets_of(state)))
         key = f"{ns}/{name}"
         try:
             async with asyncio.timeout(60):
