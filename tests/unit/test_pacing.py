@@ -10,9 +10,11 @@ import asyncio
 from collections import Counter
 
 import pytest
+from traitlets import TraitError
 
 from afspawner.backends.kubernetes import _secrets_of
 from afspawner.pacing import Pacer, pacer
+from afspawner.spawner_traits import SpawnerTraits
 
 
 class Clock:
@@ -162,3 +164,9 @@ def test_a_stop_deletes_the_secrets_the_server_has(
     state: dict[str, str], expected: list[str]
 ) -> None:
     assert _secrets_of(state) == expected
+
+
+def test_a_negative_budget_is_a_configuration_error() -> None:
+    with pytest.raises(TraitError, match="pacing_budget"):
+        SpawnerTraits(pacing_budget=-0.5)
+    assert SpawnerTraits(pacing_budget=0).pacing_budget == 0  # off
