@@ -128,6 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="after the warm-up, move everything alive to the collector's permanent "
         "generation (gc.freeze(), as a hub could after start-up), for every contender",
     )
+    p.add_argument(
+        "--pacing-budget",
+        type=float,
+        default=0.02,
+        help="AFSpawner.pacing_budget in seconds (0: no pacing)",
+    )
     p.add_argument("--name", default=NAME, help="results/<name>.json and .md")
     args = p.parse_args(argv)
     args.sizes = [int(x) for x in str(args.sizes).split(",") if x]
@@ -461,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             port=stub.port,
             start_timeout=args.start_timeout,
             http_timeout=args.http_timeout,
+            pacing_budget=args.pacing_budget,
         )
 
         def save(phases: list[Phase]) -> None:

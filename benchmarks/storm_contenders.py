@@ -49,6 +49,7 @@ class StormSettings:
     port: int  # the notebook port: the stub answers it on every pod IP
     start_timeout: float
     http_timeout: float
+    pacing_budget: float = 0.02  # AFSpawner.pacing_budget
 
 
 class Contender(Protocol):
@@ -152,6 +153,7 @@ class AFContender:
                 port=self.s.port,
                 start_timeout=int(self.s.start_timeout),
                 http_timeout=int(self.s.http_timeout),
+                pacing_budget=self.s.pacing_budget,
             )
             for i in range(n)
         ]
