@@ -206,3 +206,32 @@ async def test_backend_watches_only_the_facilitys_namespaces(k8s_cluster: KubeCl
         assert await backend.poll(state) == 0
     finally:
         await close_shared()
+
+
+async def test_watches_never_take_the_connections_requests_need(k8s_cluster: KubeCluster) -> None:
+    """A client with 2 connections, 4 namespaces watched: every informer syncs and a request
+    still gets an answer (before, each watch kept one of the requests' connections)."""
+    from kubernetes_asyncio import config
+
+    from afspawner.kube.client import request
+
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=str(k8s_cluster.kubeconfig), client_configuration=cfg)
+    cfg.connection_pool_maxsize = 2
+    namespaces = [await new_namespace(k8s_cluster) for _ in range(4)]
+    async with client.ApiClient(cfg) as api:
+        informers = [Informer(api, f"/api/v1/namespaces/{ns}/configmaps") for ns in namespaces]
+        for informer in informers:
+            informer.start()
+        try:
+            async with asyncio.timeout(30):
+                for informer in informers:
+                    await informer.wait_synced()
+                await _create(k8s_cluster, namespaces[0], "late")
+                await _seen(informers[0], f"{namespaces[0]}/late")
+                found = await request(api, "GET", f"/api/v1/namespaces/{namespaces[3]}/configmaps")
+            assert found["kind"] == "ConfigMapList"
+        finally:
+            for informer in informers:
+                await informer.stop()
+            await close_shared()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from afspawner.kube.client import close_shared_clients, shared_api_client
+from afspawner.kube.client import close_shared_clients, shared_api_client, watch_client
 
 KUBECONFIG = """
 apiVersion: v1
@@ -68,3 +68,21 @@ async def test_no_proxy_for_the_apiserver_is_respected(
         assert not api.rest_client.proxy
     finally:
         await close_shared_clients()
+
+
+async def test_watches_have_connections_of_their_own(kubeconfig: str) -> None:
+    """Each watch holds a connection for minutes: never on the requests' pool of 100."""
+    api = await shared_api_client(kubeconfig)
+    try:
+        watches = watch_client(api)
+        assert watches is not api and watch_client(api) is watches
+        assert api.rest_client.pool_manager.connector.limit == 100
+        assert watches.rest_client.pool_manager.connector.limit == 0  # no limit
+        assert watches.rest_client.pool_manager.trust_env is False
+        assert watches.configuration.host == api.configuration.host
+        assert watches.configuration.api_key == api.configuration.api_key
+    finally:
+        await close_shared_clients()
+    assert watches.rest_client.pool_manager.closed  # closed with the shared clients
+    assert watch_client(api) is not watches  # a closed one is replaced
+    await close_shared_clients()

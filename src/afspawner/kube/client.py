@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import urllib.parse
 import urllib.request
@@ -61,9 +62,33 @@ def _no_per_request_env(api: client.ApiClient) -> None:
 
 async def close_shared_clients() -> None:
     async with _lock:
-        for api in _clients.values():
+        for api in [*_clients.values(), *_watch_clients]:
             await api.close()
         _clients.clear()
+        _watch_clients.clear()
+
+
+_watch_clients: list[client.ApiClient] = []  # closed with the shared clients
+_WATCH_ATTR = "_af_watch_client"
+
+
+def watch_client(api: client.ApiClient) -> client.ApiClient:
+    """The client ``api``'s watches go through: same configuration (and credentials, refreshed
+    the same way), its own connections, no limit on their number.
+
+    A watch holds its connection for minutes. On ``api`` itself, every watched namespace (pods
+    and events each) would take one of its 100 connections for good, and a facility with ~50
+    VO namespaces would leave none for requests: spawns would wait forever. Watches are
+    bounded by the informers, so their own pool needs no limit."""
+    found: client.ApiClient | None = getattr(api, _WATCH_ATTR, None)
+    if found is None or found.rest_client.pool_manager.closed:  # new, or closed at shutdown
+        cfg = copy.copy(api.configuration)
+        cfg.connection_pool_maxsize = 0  # aiohttp: no limit
+        found = client.ApiClient(cfg)
+        _no_per_request_env(found)
+        setattr(api, _WATCH_ATTR, found)
+        _watch_clients.append(found)
+    return found
 
 
 class KubeError(Exception):
@@ -115,7 +140,7 @@ async def stream(
     api: client.ApiClient, path: str, query: dict[str, Any], request_timeout: float
 ) -> Any:
     """Open a streaming GET (watch); the caller reads ``resp.content`` and releases it."""
-    resp = await api.call_api(
+    resp = await watch_client(api).call_api(
         path,
         "GET",
         query_params=list(query.items()),
