@@ -204,7 +204,6 @@ class AFSpawner(Spawner, SpawnerTraits):  # type: ignore[misc]
         the same decision, made at the beginning of ``start()``.
         """
         try:
-            await pacing.pacer(self.pacing_budget).turn()
             self._admitted = await self._decide(self.runtime, user_options)
         except BaseException:
             self._login_state = None
@@ -232,8 +231,14 @@ class AFSpawner(Spawner, SpawnerTraits):  # type: ignore[misc]
         admitted, self._admitted = self._admitted, None
         try:
             if admitted is None:  # a site's own apply_user_options: decide here
-                await pacing.pacer(self.pacing_budget).turn()
                 admitted = await self._decide(rt, self.user_options)
+            # the decision is made (a refusal is the spawn request's own 403); building and
+            # sending the objects waits its turn in a storm (afspawner.pacing)
+            await pacing.pacer(self.pacing_budget).turn()
+        except BaseException:
+            if admitted is not None:
+                rt.ledger.release(self.user.name, self.name)
+            raise
         finally:
             self._login_state = None  # later reads (token refresh) go to the hub again
         plan, auth_state = admitted
