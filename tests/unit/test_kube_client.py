@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from afspawner.kube.client import close_shared_clients, shared_api_client, watch_client
+from afspawner.kube.client import close_shared_clients, request, shared_api_client, watch_client
 
 KUBECONFIG = """
 apiVersion: v1
@@ -86,3 +87,55 @@ async def test_watches_have_connections_of_their_own(kubeconfig: str) -> None:
     assert watches.rest_client.pool_manager.closed  # closed with the shared clients
     assert watch_client(api) is not watches  # a closed one is replaced
     await close_shared_clients()
+
+
+def _http_kubeconfig(port: int) -> str:
+    return KUBECONFIG.replace(
+        "https://api.facility.example:6443", f"http://127.0.0.1:{port}"
+    ).replace(", insecure-skip-tls-verify: true", "")
+
+
+async def _server(drip: list[bytes] | None) -> tuple[asyncio.Server, int]:
+    """An HTTP peer on loopback: answers with ``drip`` (one chunk every 0.2 s), or never."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if drip is None:
+            await asyncio.sleep(30)  # silent
+            return
+        body = b"".join(drip)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: %d\r\n\r\n" % len(body))
+        for chunk in drip:
+            writer.write(chunk)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_request_fails_on_silence_not_on_a_slow_answer(tmp_path: Path) -> None:
+    """``request_timeout`` bounds the apiserver's silence: an answer arriving in pieces over
+    1.4 s passes a 0.5 s limit (the hub's loop may be that slow to read it in a storm); a peer
+    that says nothing fails it."""
+    chunks = [b'{"items": [', b'"a", ', b'"b", ', b'"c", ', b'"d", ', b'"e", ', b'"f"]}']
+    slow, slow_port = await _server(chunks)
+    mute, mute_port = await _server(None)
+    try:
+        for port in (slow_port, mute_port):
+            (tmp_path / f"k{port}").write_text(_http_kubeconfig(port))
+        api = await shared_api_client(str(tmp_path / f"k{slow_port}"))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        got = await request(api, "GET", "/api/v1/pods", request_timeout=0.5)
+        assert got == {"items": ["a", "b", "c", "d", "e", "f"]}
+        assert loop.time() - began > 1.0  # the answer really took longer than the limit
+        api = await shared_api_client(str(tmp_path / f"k{mute_port}"))
+        with pytest.raises(asyncio.TimeoutError):
+            await request(api, "GET", "/api/v1/pods", request_timeout=0.5)
+    finally:
+        await close_shared_clients()
+        for server in (slow, mute):
+            server.close()

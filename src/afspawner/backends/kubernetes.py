@@ -58,6 +58,7 @@ from afspawner.quota import Reservation
 
 log = logging.getLogger("afspawner.kubernetes")
 RECHECK_SECONDS = 2.0  # a waiting spawn re-checks its pod this often (unschedulable grace)
+REQUEST_SECONDS = 30.0  # a launch's writes wait at least this long for the apiserver
 
 
 def _unreachable(exc: BaseException) -> LaunchFailed:
@@ -225,7 +226,11 @@ class KubernetesBackend(Backend):
             secrets = [objs.secret] + ([objs.token_secret] if objs.token_secret else [])
             secrets += [objs.krb5_secret] if objs.krb5_secret else []
             secrets += [objs.services_secret] if objs.services_secret else []
-            await self._create(objs.claims, secrets, objs.pod)
+            # each write may wait as long as the spawn itself: under a storm the hub's own loop
+            # can take longer than REQUEST_SECONDS to get round to a TLS handshake (connect
+            # timeouts are wall-clock); a dead apiserver still fails the spawn by its deadline
+            left = deadline - asyncio.get_running_loop().time()
+            await self._create(objs.claims, secrets, objs.pod, max(left, REQUEST_SECONDS))
             del objs, secrets  # not held while waiting: less for the collector to scan
             progress(f"Server pod {ns}/{name} created; waiting for Kubernetes to start it")
             left = deadline - asyncio.get_running_loop().time()
@@ -268,21 +273,27 @@ class KubernetesBackend(Backend):
 
         return unsubscribe
 
-    async def _put_secret(self, secret: dict[str, Any]) -> None:
+    async def _put_secret(
+        self, secret: dict[str, Any], wait_seconds: float = REQUEST_SECONDS
+    ) -> None:
         """Create the Secret, or replace one left by an earlier server of the same name."""
         base = f"/api/v1/namespaces/{secret['metadata']['namespace']}/secrets"
         try:
-            await request(self.api, "POST", base, body=secret)
+            await request(self.api, "POST", base, body=secret, request_timeout=wait_seconds)
         except KubeError as exc:
             if exc.status != 409:
                 raise
-            await request(self.api, "PUT", f"{base}/{secret['metadata']['name']}", body=secret)
+            name = secret["metadata"]["name"]
+            await request(
+                self.api, "PUT", f"{base}/{name}", body=secret, request_timeout=wait_seconds
+            )
 
     async def _create(
         self,
         claims: tuple[dict[str, Any], ...],
         secrets: list[dict[str, Any]],
         pod: dict[str, Any],
+        wait_seconds: float,
     ) -> None:
         """Claims, then the pod, then its Secrets owned by it (the kubelet waits for them)."""
         ns = pod["metadata"]["namespace"]
@@ -290,13 +301,21 @@ class KubernetesBackend(Backend):
         try:
             for claim in claims:
                 try:
-                    await request(self.api, "POST", f"{base}/persistentvolumeclaims", body=claim)
+                    await request(
+                        self.api,
+                        "POST",
+                        f"{base}/persistentvolumeclaims",
+                        body=claim,
+                        request_timeout=wait_seconds,
+                    )
                 except KubeError as exc:
                     if exc.status != 409:  # the user's home claim already exists: keep it
                         raise
-            created = await request(self.api, "POST", f"{base}/pods", body=pod)
+            created = await request(
+                self.api, "POST", f"{base}/pods", body=pod, request_timeout=wait_seconds
+            )
             for secret in secrets:
-                await self._put_secret(owned_by(secret, created))
+                await self._put_secret(owned_by(secret, created), wait_seconds)
         except KubeError as exc:
             raise LaunchFailed(
                 f"Kubernetes refused the server: {refusal(exc.status, exc.message)}"

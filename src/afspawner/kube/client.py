@@ -9,6 +9,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config import ConfigException
 
@@ -91,6 +92,17 @@ def watch_client(api: client.ApiClient) -> client.ApiClient:
     return found
 
 
+def silence_timeout(seconds: float | None) -> aiohttp.ClientTimeout | None:
+    """A request fails when the apiserver stays silent for ``seconds``: no connection, or no
+    byte of the answer, for that long. Not a limit on the whole request: under a spawn storm
+    the hub's own event loop can take tens of seconds to get round to an answer that came
+    at once, and a wall-clock limit failed admitted spawns for the hub's slowness, not the
+    apiserver's (tests/chaos/test_quota_storm.py). The spawn's ``start_timeout`` bounds it."""
+    if seconds is None:
+        return None
+    return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+
+
 class KubeError(Exception):
     def __init__(self, status: int, body: str) -> None:
         try:
@@ -113,8 +125,9 @@ async def request(
 ) -> Any:
     """A JSON request on the shared client; raises :class:`KubeError` on non-2xx.
 
-    ``decode=False``: the answer's body is not parsed (``None``), for callers that do not
-    read it (a DELETE answers with the whole object)."""
+    ``request_timeout``: see :func:`silence_timeout`. ``decode=False``: the answer's body is
+    not parsed (``None``), for callers that do not read it (a DELETE answers with the whole
+    object)."""
     resp = await api.call_api(
         path,
         method,
@@ -123,7 +136,7 @@ async def request(
         header_params={"Accept": "application/json", "Content-Type": "application/json"},
         auth_settings=["BearerToken"],
         _preload_content=False,
-        _request_timeout=request_timeout,
+        _request_timeout=silence_timeout(request_timeout),
     )
     try:
         body_bytes = await resp.read()
