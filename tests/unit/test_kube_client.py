@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,41 @@ async def test_a_request_fails_on_silence_not_on_a_slow_answer(tmp_path: Path) -
         await close_shared_clients()
         for server in (slow, mute):
             server.close()
+
+
+async def test_bodies_are_sent_as_they_are_and_only_json_is_accepted(tmp_path: Path) -> None:
+    """Request bodies skip kubernetes-asyncio's copy into dicts (they already are), arrive as
+    the same JSON, and something JSON cannot say is refused before anything is sent."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        )
+        seen.append(await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    (tmp_path / "k").write_text(_http_kubeconfig(port))
+    body = {
+        "metadata": {"name": "jupyter-é", "labels": {"a": "1"}},
+        "spec": {"containers": [{"args": ("--x", "y"), "ports": [{"containerPort": 8888}]}]},
+        "data": None,
+    }
+    try:
+        api = await shared_api_client(str(tmp_path / "k"))
+        assert api.sanitize_for_serialization(body) is body  # not copied
+        await request(api, "POST", "/api/v1/namespaces/n/pods", body=body)
+        assert [json.loads(b) for b in seen] == [json.loads(json.dumps(body))]
+        with pytest.raises(TypeError, match="not JSON serializable"):
+            await request(api, "POST", "/x", body={"when": datetime.datetime.now()})
+        assert len(seen) == 1  # nothing sent
+    finally:
+        await close_shared_clients()
+        server.close()

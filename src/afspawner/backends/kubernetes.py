@@ -279,13 +279,15 @@ class KubernetesBackend(Backend):
         """Create the Secret, or replace one left by an earlier server of the same name."""
         base = f"/api/v1/namespaces/{secret['metadata']['namespace']}/secrets"
         try:
-            await request(self.api, "POST", base, body=secret, request_timeout=wait_seconds)
+            await request(
+                self.api, "POST", base, body=secret, request_timeout=wait_seconds, decode=False
+            )
         except KubeError as exc:
             if exc.status != 409:
                 raise
-            name = secret["metadata"]["name"]
+            path = f"{base}/{secret['metadata']['name']}"
             await request(
-                self.api, "PUT", f"{base}/{name}", body=secret, request_timeout=wait_seconds
+                self.api, "PUT", path, body=secret, request_timeout=wait_seconds, decode=False
             )
 
     async def _create(
