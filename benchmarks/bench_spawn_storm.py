@@ -68,15 +68,7 @@ from storm_kit import (  # noqa: E402
     per_op,
     rss_bytes,
 )
-from storm_report import (  # noqa: E402
-    Phase,
-    cpu_growth,
-    growth_table,
-    latency,
-    phases_table,
-    ratios,
-    ratios_table,
-)
+from storm_report import Phase, cpu_growth, latency, ratios, rounds, summary  # noqa: E402
 
 from testbed.k8s import KubeCluster, NodeSpec  # noqa: E402
 from testbed.procs import free_port  # noqa: E402
@@ -389,29 +381,6 @@ async def run(
         await shutdown()
 
 
-def summary(phases: list[Phase], args: argparse.Namespace, startup: float) -> str:
-    cap = f", at most {args.cap} in flight" if args.cap else ", all at once"
-    cap += (
-        " (one new request per event-loop iteration)"
-        if args.arrival == "iteration"
-        else " (all N coroutines started in one event-loop iteration)"
-    )
-    expected = 2 * len(args.sizes) * len(args.contenders)
-    missing = f"**Incomplete run: {len(phases)} of {expected} storms.** " * (len(phases) < expected)
-    return "\n\n".join(
-        [
-            missing
-            + f"Spawn storm on a loopback control plane ({args.nodes} kwok nodes x 110 pods, "
-            f"started in {startup:.0f} s){cap}. One process plays the hub; figures are "
-            "relative (shared 2-core machine). Requests are the hub's own, counted in aiohttp.",
-            "### Spawn storm\n\n" + phases_table(phases, "spawn"),
-            "### Stop storm\n\n" + phases_table(phases, "stop"),
-            "### Ratios and targets (issue 9)\n\n" + ratios_table(ratios(phases)),
-            "### Hub CPU per operation, N max vs N min\n\n" + growth_table(cpu_growth(phases)),
-        ]
-    )
-
-
 class HubLog(logging.Handler):
     """The spawners' and the hub library's warnings and errors: to a file (KubeSpawner logs
     every pod name when a pod is late) and counted by logger and level for the results."""
@@ -481,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                 "complete": len(phases) == 2 * len(args.sizes) * len(args.contenders),
                 "phases": [asdict(p) for p in phases],
                 "ratios": ratios(phases),
+                "rounds": rounds(ratios(phases)),
                 "cpu_growth": cpu_growth(phases),
             }  # fmt: skip
             _common.write(args.name, data, summary(phases, args, cluster.startup_seconds))
