@@ -230,11 +230,11 @@ class KubernetesBackend(Backend):
             # can take longer than REQUEST_SECONDS to get round to a TLS handshake (connect
             # timeouts are wall-clock); a dead apiserver still fails the spawn by its deadline
             left = deadline - asyncio.get_running_loop().time()
-            await self._create(objs.claims, secrets, objs.pod, max(left, REQUEST_SECONDS))
+            uid = await self._create(objs.claims, secrets, objs.pod, max(left, REQUEST_SECONDS))
             del objs, secrets  # not held while waiting: less for the collector to scan
             progress(f"Server pod {ns}/{name} created; waiting for Kubernetes to start it")
             left = deadline - asyncio.get_running_loop().time()
-            pod = await self._wait_ready(key, max(left, 1.0))
+            pod = await self._wait_ready(key, max(left, 1.0), uid)
         except BaseException:
             try:
                 await self.stop(state, now=True)
@@ -296,8 +296,9 @@ class KubernetesBackend(Backend):
         secrets: list[dict[str, Any]],
         pod: dict[str, Any],
         wait_seconds: float,
-    ) -> None:
-        """Claims, then the pod, then its Secrets owned by it (the kubelet waits for them)."""
+    ) -> str:
+        """Claims, then the pod, then its Secrets owned by it (the kubelet waits for them);
+        the created pod's uid."""
         ns = pod["metadata"]["namespace"]
         base = f"/api/v1/namespaces/{ns}"
         try:
@@ -318,18 +319,23 @@ class KubernetesBackend(Backend):
             )
             for secret in secrets:
                 await self._put_secret(owned_by(secret, created), wait_seconds)
+            return str(created["metadata"]["uid"])
         except KubeError as exc:
             raise LaunchFailed(
                 f"Kubernetes refused the server: {refusal(exc.status, exc.message)}"
             ) from exc
 
-    async def _wait_ready(self, key: str, limit: float) -> dict[str, Any]:
+    async def _wait_ready(self, key: str, limit: float, uid: str) -> dict[str, Any]:
         """Wait for the pod of ``key`` only: woken by its own changes, and every
-        :data:`RECHECK_SECONDS` for the unschedulable grace timer."""
+        :data:`RECHECK_SECONDS` for the unschedulable grace timer.
+
+        Only the pod with ``uid`` (the one this launch created) counts: a predecessor of the
+        same name that the informer has not yet seen go (a stop just before, a slow watch)
+        is being deleted, and must not fail the new server."""
         outcome: dict[str, Any] = {}
 
         def settled(pod: dict[str, Any] | None) -> bool:
-            if pod is None:
+            if pod is None or (pod.get("metadata") or {}).get("uid") != uid:
                 return False
             if pod_ready(pod):
                 outcome["pod"] = pod
