@@ -150,7 +150,7 @@ def rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = [r for r in every if r["complete"]]
         rate = [r["af_per_floor"] for r in mine if not math.isnan(r["af_per_floor"])]
         p99 = [r["p99_af_per_floor"] for r in mine if not math.isnan(r["p99_af_per_floor"])]
-        if len(mine) < 2 or not rate:
+        if len(every) < 2 or not rate:  # rounds asked for, one of them complete at least
             continue
         med_rate, med_p99 = statistics.median(rate), statistics.median(p99)
         out.append(
