@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import socket
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from afspawner.kube.client import close_shared_clients, request, shared_api_client, watch_client
@@ -179,3 +181,40 @@ async def test_bodies_are_sent_as_they_are_and_only_json_is_accepted(tmp_path: P
     finally:
         await close_shared_clients()
         server.close()
+
+
+async def test_a_connection_refused_is_tried_again_within_the_limit(tmp_path: Path) -> None:
+    """Nothing listens at first (an apiserver restarting): the request keeps trying and gets
+    the answer once a peer listens; with nobody ever listening it gives up at its limit."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # a free port, refused until the peer below starts
+    (tmp_path / "k").write_text(_http_kubeconfig(port))
+    loop = asyncio.get_running_loop()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{"up": true}')
+        await writer.drain()
+        writer.close()
+
+    servers: list[asyncio.Server] = []
+
+    async def listen_later() -> None:
+        await asyncio.sleep(1.2)
+        servers.append(await asyncio.start_server(handle, "127.0.0.1", port))
+
+    try:
+        api = await shared_api_client(str(tmp_path / "k"))
+        began = loop.time()
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await request(api, "GET", "/api", request_timeout=0.8)
+        assert loop.time() - began >= 0.5  # tried again before giving up
+        later = asyncio.create_task(listen_later())
+        assert await request(api, "GET", "/api", request_timeout=10) == {"up": True}
+        await later
+    finally:
+        await close_shared_clients()
+        for server in servers:
+            server.close()

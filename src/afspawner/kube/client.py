@@ -14,6 +14,8 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config import ConfigException
 
 _clients: dict[str | None, client.ApiClient] = {}
+RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # pauses between connection attempts (doubling)
+CONNECT_RETRY_SECONDS = 30.0  # how long a request without its own limit keeps trying
 _lock = asyncio.Lock()
 
 
@@ -140,21 +142,38 @@ async def request(
 ) -> Any:
     """A JSON request on the shared client; raises :class:`KubeError` on non-2xx.
 
-    ``body``: plain JSON types only (dicts, lists, strings, numbers, booleans, ``None``), sent
-    as they are (:func:`_plain_json_bodies`). ``request_timeout``: see :func:`silence_timeout`.
-    ``decode=False``: the answer's body is
-    not parsed (``None``), for callers that do not read it (a DELETE answers with the whole
-    object)."""
-    resp = await api.call_api(
-        path,
-        method,
-        query_params=list((query or {}).items()),
-        body=body,
-        header_params={"Accept": "application/json", "Content-Type": "application/json"},
-        auth_settings=["BearerToken"],
-        _preload_content=False,
-        _request_timeout=silence_timeout(request_timeout),
-    )
+    A connection that cannot be made is tried again (0.5 s, 1 s, 2 s... apart) until
+    ``request_timeout`` has passed; a refused TLS setting is not. ``body``: plain JSON types
+    only (dicts, lists, strings, numbers, booleans, ``None``), sent as they are
+    (:func:`_plain_json_bodies`). ``request_timeout``: see :func:`silence_timeout`.
+    ``decode=False``: the answer's body is not parsed (``None``), for callers that do not read
+    it (a DELETE answers with the whole object)."""
+    loop = asyncio.get_running_loop()
+    give_up, pause = loop.time() + (request_timeout or CONNECT_RETRY_SECONDS), RETRY_FIRST
+    while True:
+        try:
+            resp = await api.call_api(
+                path,
+                method,
+                query_params=list((query or {}).items()),
+                body=body,
+                header_params={"Accept": "application/json", "Content-Type": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=silence_timeout(request_timeout),
+            )
+            break
+        except aiohttp.ClientSSLError:  # a certificate or TLS setting: trying again won't help
+            raise
+        except aiohttp.ClientConnectorError:
+            # No connection, so nothing was sent: safe to try again, within the request's
+            # limit. The apiserver restarting, or closing a TLS handshake the hub's loop was
+            # too busy to finish (its ReadHeaderTimeout is 32 s; a storm can stall the loop
+            # that long: tests/chaos/test_quota_storm.py).
+            if loop.time() + pause > give_up:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX)
     try:
         body_bytes = await resp.read()
     finally:
