@@ -58,6 +58,7 @@ _common.use_test_bed()
 from storm_contenders import CONTENDERS, FLOOR_CONNECTIONS, Contender, StormSettings  # noqa: E402
 from storm_kit import (  # noqa: E402
     GCPauses,
+    ProcessCPU,
     RequestCounter,
     Stub,
     Ticker,
@@ -80,7 +81,11 @@ log = logging.getLogger("storm")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="50,200", help="N concurrent spawns, comma-separated")
-    p.add_argument("--contenders", default="floor,afspawner,kubespawner")
+    p.add_argument(
+        "--contenders",
+        default="floor,afspawner,kubespawner",
+        help=f"comma-separated, afspawner among them: {','.join(CONTENDERS)}",
+    )
     p.add_argument("--cap", type=int, default=0, help="spawns/stops in flight at most (0: all)")
     p.add_argument("--nodes", type=int, default=50, help="kwok CPU nodes (110 pods each)")
     p.add_argument(
@@ -148,6 +153,7 @@ async def measure(
     trace: bool = False,
     profiler: cProfile.Profile | None = None,
     burst: bool = False,
+    peers: ProcessCPU | None = None,
 ) -> Phase:
     """Run ``action`` for every index at once (at most ``cap`` in flight) and take figures."""
     loop = asyncio.get_running_loop()
@@ -192,6 +198,7 @@ async def measure(
     pauses.start()
     if profiler is not None:
         profiler.enable()
+    peers0 = peers.snapshot() if peers else {}
     cpu0, t0, begun = time.process_time(), time.monotonic(), loop.time()
     tasks = []
     for i in indices:
@@ -201,6 +208,7 @@ async def measure(
     left = max(limit - (time.monotonic() - t0), 0.001)
     _, pending = await asyncio.wait(tasks, timeout=left) if tasks else (set(), set())
     wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    peers1 = peers.snapshot() if peers else {}
     if profiler is not None:
         profiler.disable()
     lags = await ticker.stop()
@@ -247,6 +255,7 @@ async def measure(
         error_samples=samples,
         gc=collector,
         pacer_parked_max=parked,
+        peers_cpu_ms_per_op=ProcessCPU.per_op_ms(peers0, peers1, n),
     )
 
 
@@ -272,6 +281,7 @@ async def storm(
     each pair, so a run cut short keeps what it measured)."""
     counter = RequestCounter(s.server)
     counter.install()
+    peers = ProcessCPU(dict(s.peer_pids))
     contenders: dict[str, Contender] = {name: CONTENDERS[name](s) for name in args.contenders}
     phases: list[Phase] = []
     profiles: list[str] = []
@@ -291,7 +301,7 @@ async def storm(
                 order = names if k % 2 == 0 else names[::-1]
                 for name in order:
                     c = contenders[name]
-                    await c.prepare(f"n{n}{name[0]}", n)
+                    await c.prepare(f"n{n}r{k}{name[0]}", n)  # new names each round
                     profiler = cProfile.Profile() if args.profile and name == "afspawner" else None
                     spawned = await measure(
                         c,
@@ -304,6 +314,7 @@ async def storm(
                         args.tracemalloc,
                         profiler,
                         args.arrival == "burst",
+                        peers,
                     )
                     print(_status(spawned), flush=True)
                     if profiler is not None:
@@ -320,6 +331,7 @@ async def storm(
                         counter,
                         kube,
                         burst=args.arrival == "burst",
+                        peers=peers,
                     )
                     print(_status(stopped), flush=True)
                     tracemalloc.stop()
@@ -437,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
             start_timeout=args.start_timeout,
             http_timeout=args.http_timeout,
             pacing_budget=args.pacing_budget,
+            peer_pids=(
+                *((p.name, p.proc.pid) for p in cluster.procs),
+                *((("storm_stub", stub.proc.pid),) if stub.proc else ()),
+            ),
         )
 
         def save(phases: list[Phase]) -> None:

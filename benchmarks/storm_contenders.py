@@ -2,6 +2,9 @@
 
 - ``floor``: a bare pod POSTed straight to the apiserver and awaited through one shared watch
   (dispatched by pod name), then the same readiness check as the others;
+- ``floor-same``: the same, writing the very Pod and Secret AFSpawner writes (built by
+  ``afspawner.manifests`` before the storm; the Secret owned by the pod): the least a hub can
+  do for the objects AFSpawner makes;
 - ``afspawner``: :class:`afspawner.spawner.AFSpawner`, Kubernetes backend;
 - ``kubespawner``: ``kubespawner.KubeSpawner`` (7.x) with its defaults.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import secrets
 import ssl
@@ -32,6 +36,7 @@ import yaml
 from jupyterhub.utils import maybe_future, wait_for_http_server
 from storm_kit import HubStandIn, UserStandIn
 
+log = logging.getLogger("storm.floor")
 HUB = HubStandIn()
 IMAGE = "storm/notebook:1"
 CPU, MEMORY = "1", "1Gi"
@@ -50,6 +55,7 @@ class StormSettings:
     start_timeout: float
     http_timeout: float
     pacing_budget: float = 0.02  # AFSpawner.pacing_budget
+    peer_pids: tuple[tuple[str, int], ...] = ()  # the other processes whose CPU is counted
 
 
 class Contender(Protocol):
@@ -233,9 +239,10 @@ def _ready_ip(pod: Mapping[str, Any]) -> str | None:
 class PodWatch:
     """One LIST + WATCH of the floor's pods; waiters are woken by pod name only."""
 
-    def __init__(self, session: aiohttp.ClientSession, server: str, namespace: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, server: str, namespace: str, selector: str
+    ) -> None:
         self.session = session
-        selector = ",".join(f"{k}={v}" for k, v in FLOOR_LABELS.items())
         self.url = f"{server}/api/v1/namespaces/{namespace}/pods?labelSelector={selector}"
         self.present: dict[str, str | None] = {}  # pod name → IP once ready
         self._ready: dict[str, asyncio.Future[str]] = {}
@@ -280,6 +287,11 @@ class PodWatch:
                                 version = await self._event(json.loads(line), version)
             except (aiohttp.ClientError, TimeoutError):
                 await asyncio.sleep(0.5)
+            except Exception:  # a dead watch would leave every waiter waiting: say so, relist
+                log.exception("the floor's pod watch failed; listing again")
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    version = await self._list()
 
     async def _event(self, event: dict[str, Any], version: str) -> str:
         obj = event.get("object") or {}
@@ -323,6 +335,7 @@ class PodWatch:
 class FloorContender:
     name = "floor"
     namespace = "storm-floor"
+    selector = ",".join(f"{k}={v}" for k, v in FLOOR_LABELS.items())
 
     def __init__(self, s: StormSettings) -> None:
         self.s = s
@@ -339,7 +352,7 @@ class FloorContender:
                 headers={"Authorization": f"Bearer {self.s.token}"},
                 timeout=aiohttp.ClientTimeout(total=60),
             )
-            self.watch = PodWatch(self.session, self.s.server, self.namespace)
+            self.watch = PodWatch(self.session, self.s.server, self.namespace, self.selector)
             await self.watch.start()
         return self.session, self.watch
 
@@ -367,12 +380,16 @@ class FloorContender:
             },
         }
 
+    async def _after_pod(self, session: aiohttp.ClientSession, pod: Mapping[str, Any]) -> None:
+        """What is written once the pod exists (nothing, for the bare floor)."""
+
     async def spawn(self, i: int) -> None:
         session, watch = await self._open()
         name = self.names[i]
         async with session.post(self.base, json=self._pod(name)) as r:
             if r.status != 201:
                 raise RuntimeError(f"POST pod {name}: {r.status} {await r.text()}")
+            await self._after_pod(session, await r.json())
         ip = await asyncio.wait_for(watch.wait_ready(name), self.s.start_timeout)
         url = f"http://{ip}:{self.s.port}/user/{name}/"
         await wait_for_http_server(url, timeout=self.s.http_timeout)
@@ -383,7 +400,11 @@ class FloorContender:
         async with session.delete(f"{self.base}/{name}") as r:
             if r.status not in (200, 202, 404):
                 raise RuntimeError(f"DELETE pod {name}: {r.status} {await r.text()}")
+        await self._after_delete(session, name)
         await asyncio.wait_for(watch.wait_gone(name), self.s.start_timeout)
+
+    async def _after_delete(self, session: aiohttp.ClientSession, name: str) -> None:
+        """What is deleted besides the pod (nothing, for the bare floor)."""
 
     async def close(self) -> None:
         if self.watch is not None:
@@ -393,8 +414,83 @@ class FloorContender:
         self.session = self.watch = None
 
 
+class SameObjectsFloor(FloorContender):
+    """The floor writing the very objects AFSpawner writes: its Pod and its Secret, from
+    ``policy.resolve`` + ``manifests.make_objects`` for the same facility and user (built
+    before the storm, not timed), the Secret owned by the pod (``manifests.owned_by``),
+    POSTed after it, deleted with it. What is left between this and AFSpawner is the
+    spawner's own work (hub calls, admission, informers, progress), not what it creates."""
+
+    name = "floor-same"
+    namespace = "storm-floor-same"
+    selector = "app.kubernetes.io/managed-by=jupyterhub-af"
+
+    def __init__(self, s: StormSettings) -> None:
+        super().__init__(s)
+        self.secrets = f"{s.server}/api/v1/namespaces/{self.namespace}/secrets"
+        self.objects: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}  # by pod name
+
+    async def prepare(self, tag: str, n: int) -> None:
+        from afspawner.loader import load_facility
+        from afspawner.manifests import PodSettings, make_objects
+        from afspawner.plan import UserIdentity
+        from afspawner.policy import SpawnOptions, UserContext, resolve
+
+        await self._open()
+        fac = load_facility(FACILITY)
+        self.objects, self.names = {}, []
+        for i in range(n):
+            user = f"{tag}{i:04d}"
+            plan = resolve(
+                fac,
+                UserContext(user, frozenset(), ("storm",)),
+                SpawnOptions("storm"),
+                UserIdentity(user, 50001 + i, 50000),
+            )
+            env = {**_hub_env(user, self.s.port), "JUPYTERHUB_API_TOKEN": secrets.token_hex(16)}
+            objs = make_objects(plan, PodSettings(self.namespace, self.s.port, hub_env=env))
+            self.names.append(objs.pod["metadata"]["name"])
+            self.objects[self.names[-1]] = (objs.pod, objs.secret)
+
+    def _pod(self, name: str) -> dict[str, Any]:
+        return self.objects[name][0]
+
+    async def _after_pod(self, session: aiohttp.ClientSession, pod: Mapping[str, Any]) -> None:
+        from afspawner.manifests import owned_by
+
+        name = pod["metadata"]["name"]
+        secret = owned_by(self.objects[name][1], pod)
+        async with session.post(self.secrets, json=secret) as r:
+            if r.status != 201:
+                raise RuntimeError(f"POST secret {name}: {r.status} {await r.text()}")
+
+    async def _after_delete(self, session: aiohttp.ClientSession, name: str) -> None:
+        async with session.delete(f"{self.secrets}/{name}") as r:
+            if r.status not in (200, 202, 404):
+                raise RuntimeError(f"DELETE secret {name}: {r.status} {await r.text()}")
+
+
+def _hub_env(user: str, port: int) -> dict[str, str]:
+    """What ``Spawner.get_env`` hands a spawner for ``user`` (the token is added per spawn)."""
+    prefix = f"/user/{user}/"
+    return {
+        "JUPYTERHUB_CLIENT_ID": f"jupyterhub-user-{user}",
+        "JUPYTERHUB_HOST": "",
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": f"{prefix}oauth_callback",
+        "JUPYTERHUB_OAUTH_SCOPES": f'["access:servers!server={user}/"]',
+        "JUPYTERHUB_USER": user,
+        "JUPYTERHUB_SERVER_NAME": "",
+        "JUPYTERHUB_API_URL": "http://hub:8081/hub/api",
+        "JUPYTERHUB_ACTIVITY_URL": f"http://hub:8081/hub/api/users/{user}/activity",
+        "JUPYTERHUB_BASE_URL": "/",
+        "JUPYTERHUB_SERVICE_PREFIX": prefix,
+        "JUPYTERHUB_SERVICE_URL": f"http://0.0.0.0:{port}{prefix}",
+    }
+
+
 CONTENDERS: dict[str, Callable[[StormSettings], Contender]] = {
     "floor": FloorContender,
+    "floor-same": SameObjectsFloor,
     "afspawner": AFContender,
     "kubespawner": KubeContender,
 }

@@ -6,6 +6,7 @@
   JupyterHub's readiness check (``wait_for_http_server``) all go through aiohttp;
 - :func:`apiserver_requests`: ``apiserver_request_total`` from the apiserver's ``/metrics``,
   summed by verb and resource (every client: hub, scheduler, kwok, controllers);
+- :class:`ProcessCPU`: CPU time of the control plane's processes and the stub;
 - :class:`Stub`: ``storm_stub.py`` in its own process, the notebook servers;
 - the hub stand-ins a spawner object needs without a hub (:class:`HubStandIn`,
   :class:`UserStandIn`), and namespace set-up and clean-up.
@@ -250,6 +251,38 @@ class UserStandIn:
 
     def progress_url(self, server_name: str = "") -> str:
         return f"/hub/api/users/{self.name}/server/progress"
+
+
+# -- the other processes' CPU -----------------------------------------------------------------
+class ProcessCPU:
+    """CPU seconds (user + system) of the processes beside the hub: the control plane's
+    (etcd, kube-apiserver, controller-manager, scheduler, kwok) and the notebook stub, read
+    from ``/proc/<pid>/stat``. On a shared machine a storm's rate is bounded by the CPU all of
+    them spend per spawn, not by the hub's alone."""
+
+    TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+
+    def snapshot(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue  # not running (or not Linux): left out, not counted as zero
+            fields = stat[stat.rindex(")") + 2 :].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / self.TICK  # utime, stime
+        return out
+
+    @staticmethod
+    def per_op_ms(
+        before: Mapping[str, float], after: Mapping[str, float], ops: int
+    ) -> dict[str, float]:
+        if not ops:
+            return {}
+        return {k: round((after[k] - before[k]) * 1000 / ops, 3) for k in after if k in before}
 
 
 # -- notebook servers -----------------------------------------------------------------------
