@@ -254,6 +254,9 @@ class UserStandIn:
 
 
 # -- the other processes' CPU -----------------------------------------------------------------
+IDLE, STEAL = "(idle)", "(steal)"  # machine-wide, not processes: kept apart in the report
+
+
 class ProcessCPU:
     """CPU seconds (user + system) of the processes beside the hub: the control plane's
     (etcd, kube-apiserver, controller-manager, scheduler, kwok) and the notebook stub, read
@@ -274,6 +277,10 @@ class ProcessCPU:
                 continue  # not running (or not Linux): left out, not counted as zero
             fields = stat[stat.rindex(")") + 2 :].split()
             out[name] = (int(fields[11]) + int(fields[12])) / self.TICK  # utime, stime
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+            out[IDLE] = (int(cpu[4]) + int(cpu[5])) / self.TICK  # idle + iowait, all cores
+            out[STEAL] = int(cpu[8]) / self.TICK  # taken by the hypervisor for others
         return out
 
     @staticmethod

@@ -147,7 +147,8 @@ def machine_ms(p: Phase) -> float:
     """CPU ms per op of every process of the run (the hub and the others), or NaN."""
     if not p.peers_cpu_ms_per_op:
         return math.nan
-    return p.cpu_ms_per_op + sum(p.peers_cpu_ms_per_op.values())
+    procs = [v for k, v in p.peers_cpu_ms_per_op.items() if k not in IDLE_STEAL]
+    return p.cpu_ms_per_op + sum(procs)
 
 
 def _met(ok: bool) -> str:
@@ -324,6 +325,7 @@ def growth_table(rows: list[dict[str, Any]]) -> str:
 
 MACHINE = ("kube-apiserver", "etcd", "kwok", "kube-scheduler", "kube-controller-manager",
            "storm_stub")  # fmt: skip
+IDLE_STEAL = ("(idle)", "(steal)")  # storm_kit.ProcessCPU: machine-wide, all cores
 
 
 def machine_table(phases: list[Phase]) -> str:
@@ -335,10 +337,11 @@ def machine_table(phases: list[Phase]) -> str:
             continue
         peers = [p.peers_cpu_ms_per_op.get(k, math.nan) for k in MACHINE]
         total = p.cpu_ms_per_op + sum(v for v in peers if not math.isnan(v))
-        rows.append((p.action, p.n, p.contender, p.cpu_ms_per_op, *peers, total))
+        spare = [p.peers_cpu_ms_per_op.get(k, math.nan) for k in IDLE_STEAL]
+        rows.append((p.action, p.n, p.contender, p.cpu_ms_per_op, *peers, total, *spare))
     if not rows:
         return ""
-    return table(["action", "N", "contender", "hub", *MACHINE, "all"], rows)
+    return table(["action", "N", "contender", "hub", *MACHINE, "all", *IDLE_STEAL], rows)
 
 
 def summary(phases: list[Phase], args: argparse.Namespace, startup: float) -> str:
