@@ -293,6 +293,7 @@ async def storm(
                 await c.spawn(0)
                 await c.stop(0)
                 await clear_namespace(kube, c.namespace, 120)
+            await peers.settle()
             if args.gc_freeze:
                 gc.collect()
                 gc.freeze()
@@ -337,6 +338,7 @@ async def storm(
                     tracemalloc.stop()
                     held(spawned, stopped)
                     stopped.pods_left = await clear_namespace(kube, c.namespace, 300)
+                    stopped.settled_s = await peers.settle()  # before the next storm
                     phases += [spawned, stopped]
                     save(phases)
         finally:

@@ -283,6 +283,21 @@ class ProcessCPU:
             out[STEAL] = int(cpu[8]) / self.TICK  # taken by the hypervisor for others
         return out
 
+    async def settle(self, busy: float = 0.15, seconds: float = 60.0) -> float:
+        """Wait until the other processes are quiet (together under ``busy`` of one core for
+        two 1 s windows in a row, at most ``seconds``), so that a storm does not pay for the
+        tail of the one before (kwok finishing deletions, the garbage collector's checks);
+        the seconds waited."""
+        began, quiet = time.monotonic(), 0
+        before = self.snapshot()
+        while quiet < 2 and time.monotonic() - began < seconds:
+            await asyncio.sleep(1.0)
+            after = self.snapshot()
+            used = sum(after[k] - before[k] for k in after if k in before and k in self.pids)
+            quiet = quiet + 1 if used < busy else 0
+            before = after
+        return time.monotonic() - began
+
     @staticmethod
     def per_op_ms(
         before: Mapping[str, float], after: Mapping[str, float], ops: int

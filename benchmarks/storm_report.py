@@ -62,6 +62,7 @@ class Phase:
     pacer_parked_max: int = 0  # spawns waiting their turn at once (afspawner.pacing)
     # CPU ms per op of the processes beside the hub (storm_kit.ProcessCPU), by process name
     peers_cpu_ms_per_op: dict[str, float] = field(default_factory=dict)
+    settled_s: float = math.nan  # after the stop storm: until the other processes were quiet
 
 
 def latency(values: Sequence[float]) -> dict[str, float]:
