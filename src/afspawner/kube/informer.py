@@ -21,6 +21,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
+import orjson
 from kubernetes_asyncio import client
 
 from afspawner.kube.client import KubeError, request, stream
@@ -244,7 +245,7 @@ class Informer:
         done = 0
         try:
             async for line in _lines(resp):
-                event = json.loads(line)
+                event = orjson.loads(line)  # ~3x faster than json: every pod change
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     if obj.get("code") == 410:
