@@ -173,6 +173,8 @@ def rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         med_rate, med_p99 = statistics.median(rate), statistics.median(p99)
         same = [r["af_per_floor_same"] for r in mine
                 if not math.isnan(r.get("af_per_floor_same", math.nan))]  # fmt: skip
+        same_p99 = [r["p99_af_per_floor_same"] for r in mine
+                    if not math.isnan(r.get("p99_af_per_floor_same", math.nan))]  # fmt: skip
         out.append(
             {
                 "n": n,
@@ -183,6 +185,9 @@ def rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "p99_af_per_floor_median": med_p99,
                 "p99_af_per_floor_range": [min(p99), max(p99)],
                 "af_per_floor_same_median": statistics.median(same) if same else math.nan,
+                "p99_af_per_floor_same_median": statistics.median(same_p99)
+                if same_p99
+                else math.nan,
                 "targets": {
                     "rate >= 0.95 x floor (median)": _met(med_rate >= TARGET_RATE),
                     "p99 <= 1.10 x floor (median)": _met(med_p99 <= TARGET_P99),
@@ -196,6 +201,7 @@ def rounds_table(rows: list[dict[str, Any]]) -> str:
     return table(
         ["N", "complete rounds (left out)", "AF/floor rate: median (min-max)",
          "p99 AF/floor: median (min-max)", "AF/floor-same rate: median",
+         "p99 AF/floor-same: median",
          "targets on the median"],
         [
             (r["n"], f"{r['rounds']} ({r['rounds_left_out']})",
@@ -204,6 +210,7 @@ def rounds_table(rows: list[dict[str, Any]]) -> str:
              f"{r['p99_af_per_floor_median']:.3g} ({r['p99_af_per_floor_range'][0]:.3g}-"
              f"{r['p99_af_per_floor_range'][1]:.3g})",
              r.get("af_per_floor_same_median", math.nan),
+             r.get("p99_af_per_floor_same_median", math.nan),
              ", ".join(f"{k}: {v}" for k, v in r["targets"].items()))
             for r in rows
         ],
