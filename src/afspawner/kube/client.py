@@ -115,7 +115,8 @@ def silence_timeout(seconds: float | None) -> aiohttp.ClientTimeout | None:
     byte of the answer, for that long. Not a limit on the whole request: under a spawn storm
     the hub's own event loop can take tens of seconds to get round to an answer that came
     at once, and a wall-clock limit failed admitted spawns for the hub's slowness, not the
-    apiserver's (tests/chaos/test_quota_storm.py). The spawn's ``start_timeout`` bounds it."""
+    apiserver's (tests/chaos/test_quota_storm.py). The spawn's ``start_timeout`` bounds it.
+    A connection that cannot be made is tried again within the same limit (:func:`request`)."""
     if seconds is None:
         return None
     return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
