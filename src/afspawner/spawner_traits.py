@@ -69,13 +69,12 @@ class SpawnerTraits(Configurable):
     )
     gpu_queue_timeout = Float(900, config=True, help="Seconds a spawn may wait for a GPU.")
     pacing_budget = Float(
-        0.0,
+        0.02,
         min=0.0,
         config=True,
         help="Seconds of spawn and stop work the hub's event loop runs per iteration when "
         "many start at once; the rest wait their turn in order, so logins and the proxy "
-        "stay responsive in a storm (afspawner.pacing; 0, the default: no pacing; 0.02 "
-        "is the measured setting).",
+        "stay responsive in a storm (afspawner.pacing; 0 turns pacing off).",
     )
     pass_bearer_token = Bool(
         True,
