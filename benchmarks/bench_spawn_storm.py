@@ -126,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "generation (gc.freeze(), as a hub could after start-up), for every contender",
     )
     p.add_argument(
+        "--gc-threshold",
+        default="",
+        help="gc.set_threshold(a, b, c) after the warm-up, for every contender (as a hub's "
+        "jupyterhub_config.py could; default: Python's 700,10,10)",
+    )
+    p.add_argument(
         "--pacing-budget",
         type=float,
         default=0.02,
@@ -297,6 +303,8 @@ async def storm(
             if args.gc_freeze:
                 gc.collect()
                 gc.freeze()
+            if args.gc_threshold:
+                gc.set_threshold(*(int(x) for x in str(args.gc_threshold).split(",")))
             for k, n in enumerate(args.sizes):
                 names = list(contenders)
                 order = names if k % 2 == 0 else names[::-1]
