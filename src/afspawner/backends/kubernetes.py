@@ -35,7 +35,7 @@ from afspawner.kube.permissions import refusal, synced_or_refused
 from afspawner.kube.phases import pod_phases
 from afspawner.kube.reconcile import reconcile_vo_namespaces
 from afspawner.kube.slim import involved_key, slim_event, slim_node, slim_pod
-from afspawner.kube.status import exit_status, pod_failure, pod_ready
+from afspawner.kube.status import exit_status, pod_failure, pod_ready, unschedulable_deadline
 from afspawner.kube.sweep import sweep_once
 from afspawner.manifests import (
     PodSettings,
@@ -57,7 +57,7 @@ from afspawner.names import pod_name
 from afspawner.quota import Reservation
 
 log = logging.getLogger("afspawner.kubernetes")
-RECHECK_SECONDS = 2.0  # a waiting spawn re-checks its pod this often (unschedulable grace)
+DEADLINE_SLACK = 0.05  # seconds past an unschedulable deadline before it is checked
 REQUEST_SECONDS = 30.0  # a launch's writes wait at least this long for the apiserver
 
 
@@ -326,30 +326,45 @@ class KubernetesBackend(Backend):
             ) from exc
 
     async def _wait_ready(self, key: str, limit: float, uid: str) -> dict[str, Any]:
-        """Wait for the pod of ``key`` only: woken by its own changes, and every
-        :data:`RECHECK_SECONDS` for the unschedulable grace timer.
+        """Wait for the pod of ``key`` only: woken by its own changes, and by a timer only when
+        a verdict waits on the clock (the unschedulable grace: ``unschedulable_deadline``).
+        No polling: in a storm thousands of spawns wait for their pods for a minute or more.
 
         Only the pod with ``uid`` (the one this launch created) counts: a predecessor of the
         same name that the informer has not yet seen go (a stop just before, a slow watch)
         is being deleted, and must not fail the new server."""
         outcome: dict[str, Any] = {}
+        grace = self.settings.unschedulable_grace
+        armed = False  # a timer runs for the current unschedulable deadline
+
+        def mine(pod: dict[str, Any] | None) -> dict[str, Any] | None:
+            return pod if pod and (pod.get("metadata") or {}).get("uid") == uid else None
 
         def settled(pod: dict[str, Any] | None) -> bool:
-            if pod is None or (pod.get("metadata") or {}).get("uid") != uid:
+            pod = mine(pod)
+            if pod is None:
                 return False
             if pod_ready(pod):
                 outcome["pod"] = pod
                 return True
-            failure = pod_failure(pod, dt.datetime.now(dt.UTC), self.settings.unschedulable_grace)
+            failure = pod_failure(pod, dt.datetime.now(dt.UTC), grace)
             if failure:
                 outcome["failure"] = failure
                 return True
-            return False
+            # a verdict now waits on the clock, with no timer for it yet: back to arm one
+            return not armed and unschedulable_deadline(pod, grace) is not None
 
         async def waiter() -> None:
+            nonlocal armed
             while not outcome:
+                deadline = unschedulable_deadline(mine(self.pods.get(key)), grace)
+                after = None
+                if deadline is not None:
+                    left = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
+                    after = max(left, 0.0) + DEADLINE_SLACK
+                armed = after is not None
                 try:
-                    async with asyncio.timeout(RECHECK_SECONDS):
+                    async with asyncio.timeout(after):
                         await self.pods.wait_key(key, settled)
                 except TimeoutError:
                     continue

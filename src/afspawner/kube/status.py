@@ -38,6 +38,27 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def _unschedulable(cond: Mapping[str, Any]) -> bool:
+    return (
+        cond.get("type") == "PodScheduled"
+        and cond.get("status") == "False"
+        and cond.get("reason") == "Unschedulable"
+    )
+
+
+def unschedulable_deadline(
+    pod: Mapping[str, Any] | None, unschedulable_grace: float
+) -> dt.datetime | None:
+    """When :func:`pod_failure` will call this pod unschedulable if nothing changes (its
+    Unschedulable condition's transition time plus the grace), or ``None``: no verdict of
+    ``pod_failure`` waits on the clock alone, so only a change of the pod can bring one."""
+    for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
+        if _unschedulable(cond):
+            since = _time(cond.get("lastTransitionTime"))
+            return None if since is None else since + dt.timedelta(seconds=unschedulable_grace)
+    return None
+
+
 def pod_failure(pod: Mapping[str, Any], now: dt.datetime, unschedulable_grace: float) -> str | None:
     """Why the pod cannot start, in Kubernetes' words, or ``None`` while it still may."""
     meta = pod.get("metadata") or {}
@@ -61,11 +82,7 @@ def pod_failure(pod: Mapping[str, Any], now: dt.datetime, unschedulable_grace: f
                 f"{terminated.get('exitCode')}, {terminated.get('reason') or 'Error'})"
             )
     for cond in status.get("conditions") or []:
-        if (
-            cond.get("type") == "PodScheduled"
-            and cond.get("status") == "False"
-            and cond.get("reason") == "Unschedulable"
-        ):
+        if _unschedulable(cond):
             since = _time(cond.get("lastTransitionTime")) or now
             if (now - since).total_seconds() >= unschedulable_grace:
                 return f"Unschedulable: {cond.get('message') or 'no node fits the server'}"
