@@ -83,26 +83,26 @@ def _graced_backend(grace: float) -> tuple[KubernetesBackend, Informer]:
 
 
 async def test_an_unschedulable_pod_fails_at_its_deadline_without_another_change() -> None:
-    backend, pods = _graced_backend(2.0)
+    backend, pods = _graced_backend(4.0)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     pods.apply("ADDED", _unschedulable("new", now - dt.timedelta(seconds=1)))
-    waiting = asyncio.create_task(backend._wait_ready(KEY, 10, "new"))
+    waiting = asyncio.create_task(backend._wait_ready(KEY, 20, "new"))
     await asyncio.sleep(0.3)
-    assert not waiting.done()  # about 1 s of grace left
+    assert not waiting.done()  # about 3 s of grace left
     with pytest.raises(LaunchFailed, match="Unschedulable: 0/3 nodes"):
-        await asyncio.wait_for(waiting, 4)
+        await asyncio.wait_for(waiting, 10)
 
 
 async def test_a_pod_that_becomes_unschedulable_while_waited_for_fails_after_the_grace() -> None:
-    backend, pods = _graced_backend(1.0)
-    waiting = asyncio.create_task(backend._wait_ready(KEY, 10, "new"))
+    backend, pods = _graced_backend(2.0)
+    waiting = asyncio.create_task(backend._wait_ready(KEY, 20, "new"))
     pods.apply("ADDED", _pod("new"))
     await asyncio.sleep(0.05)
     pods.apply("MODIFIED", _unschedulable("new", dt.datetime.now(dt.UTC)))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     with pytest.raises(LaunchFailed, match="Unschedulable"):
-        await asyncio.wait_for(waiting, 4)
+        await asyncio.wait_for(waiting, 10)
 
 
 async def test_a_pending_pod_is_not_polled(monkeypatch: pytest.MonkeyPatch) -> None:
