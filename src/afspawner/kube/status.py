@@ -38,12 +38,16 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def _unschedulable(cond: Mapping[str, Any]) -> bool:
-    return (
-        cond.get("type") == "PodScheduled"
-        and cond.get("status") == "False"
-        and cond.get("reason") == "Unschedulable"
-    )
+def _unschedulable(pod: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The pod's PodScheduled=False/Unschedulable condition, if it has one."""
+    for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return cond  # type: ignore[no-any-return]
+    return None
 
 
 def unschedulable_deadline(
@@ -52,11 +56,9 @@ def unschedulable_deadline(
     """When :func:`pod_failure` will call this pod unschedulable if nothing changes (its
     Unschedulable condition's transition time plus the grace), or ``None``: no verdict of
     ``pod_failure`` waits on the clock alone, so only a change of the pod can bring one."""
-    for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
-        if _unschedulable(cond):
-            since = _time(cond.get("lastTransitionTime"))
-            return None if since is None else since + dt.timedelta(seconds=unschedulable_grace)
-    return None
+    cond = _unschedulable(pod)
+    since = _time(cond.get("lastTransitionTime")) if cond else None
+    return None if since is None else since + dt.timedelta(seconds=unschedulable_grace)
 
 
 def pod_failure(pod: Mapping[str, Any], now: dt.datetime, unschedulable_grace: float) -> str | None:
@@ -81,11 +83,11 @@ def pod_failure(pod: Mapping[str, Any], now: dt.datetime, unschedulable_grace: f
                 f"container {cs.get('name')} keeps exiting (code "
                 f"{terminated.get('exitCode')}, {terminated.get('reason') or 'Error'})"
             )
-    for cond in status.get("conditions") or []:
-        if _unschedulable(cond):
-            since = _time(cond.get("lastTransitionTime")) or now
-            if (now - since).total_seconds() >= unschedulable_grace:
-                return f"Unschedulable: {cond.get('message') or 'no node fits the server'}"
+    cond = _unschedulable(pod)
+    if cond is not None:
+        since = _time(cond.get("lastTransitionTime")) or now
+        if (now - since).total_seconds() >= unschedulable_grace:
+            return f"Unschedulable: {cond.get('message') or 'no node fits the server'}"
     return None
 
 
