@@ -103,9 +103,7 @@ class PeerGateway(GatewayProcess):
     """dask-gateway-server as its documentation sets it up locally (no hub, no policy)."""
 
     def __init__(self, tmp: Path) -> None:
-        api, proxy = free_port(), free_port()
-        while proxy == api:
-            proxy = free_port()
+        api, proxy = free_port(), free_port()  # never the same port twice
         self.address = f"http://{LOOPBACK}:{proxy}"
         self.proxy_address = f"gateway://{LOOPBACK}:{proxy}"
         clusters = tmp / "clusters"

@@ -69,9 +69,7 @@ class GatewayProcess:
         backend: str = "afdask.backends.AFLocalBackend",
         renew: float = 60.0,
     ) -> None:
-        api, proxy = free_port(), free_port()
-        while proxy == api:
-            proxy = free_port()
+        api, proxy = free_port(), free_port()  # never the same port twice
         self.address = f"http://{LOOPBACK}:{proxy}"
         self.proxy_address = f"gateway://{LOOPBACK}:{proxy}"
         clusters = tmp / "clusters"

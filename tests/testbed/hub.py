@@ -24,12 +24,8 @@ os.environ.setdefault("JUPYTERHUB_CRYPT_KEY", "0" * 64)
 
 
 def _two_ports() -> tuple[int, int]:
-    """Two distinct free ports (``free_port`` twice may return the same one)."""
-    first = free_port()
-    second = free_port()
-    while second == first:
-        second = free_port()
-    return first, second
+    """Two free ports (``free_port`` never hands out the same one twice)."""
+    return free_port(), free_port()
 
 
 def hub_config(
