@@ -331,6 +331,7 @@ async def storm(
                         path = _common.RESULTS / f"{args.name}.profile.txt"
                         path.write_text("\n\n".join(profiles))
                     running = await _running(c, n, spawned)
+                    await peers.settle()  # the stops do not pay for the spawns' tail either
                     stopped = await measure(
                         c,
                         "stop",
