@@ -4,54 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from afspawner.ports import pick_port
+
 LOOPBACK = "127.0.0.1"  # every test peer listens on this address only
 
 
 _HANDED_OUT: set[int] = set()
-_LOWEST = 10_000  # ports below this are left to well-known services
-
-
-def _ephemeral_low() -> int:
-    """The first port of the kernel's range for outgoing connections' local ends."""
-    try:
-        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
-        return int(text.split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32_768  # Linux's default
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago, and that nothing takes by chance.
+    """A TCP port on 127.0.0.1 that nothing takes by chance before a peer binds it.
 
-    The port is bound later by another process, so "free now" is a race. Binding at port 0
-    would pick from the kernel's ephemeral range, the very range every outgoing connection's
-    local end is drawn from (the hub's, the apiserver's, etcd's ...): one of those can take the
-    port before the server binds it (EADDRINUSE). So the port is drawn at random from *below*
-    that range, where the kernel never allocates on its own, is checked by binding it, and is
-    never handed out twice by this process.
+    ``afspawner.ports.pick_port`` (below the kernel's ephemeral range, checked by binding),
+    never handed out twice by this process: peers start and stop within one test session.
     """
-    high = _ephemeral_low() - 1
-    rng = random.SystemRandom()  # independent of any test's seeded `random`
-    for _ in range(200):
-        port = rng.randint(_LOWEST, high)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((LOOPBACK, port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    raise RuntimeError(f"no free TCP port found in {_LOWEST}-{high} on {LOOPBACK}")
+    port = pick_port(LOOPBACK, held=_HANDED_OUT)
+    _HANDED_OUT.add(port)
+    return port
 
 
 class PeerProcess:

@@ -6,6 +6,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from afspawner import ports
 from afspawner.backends.base import LaunchRequest
 from afspawner.backends.local import LocalBackend, LocalSettings
 from afspawner.manifests import PodSettings, make_objects
@@ -41,3 +42,18 @@ async def test_local_server_is_found_and_stopped_without_saved_state(tmp_path: P
     await backend.stop(found, now=True)
     assert await backend.poll(started.state) is not None
     assert await backend.find(plan.username, "nb") is None
+
+
+async def test_a_running_servers_port_is_not_given_to_another_until_it_stops(
+    tmp_path: Path,
+) -> None:
+    plan = replace(resolve(FAC, ALICE, SpawnOptions(), IDENT, "nb"), volumes=())
+    req = LaunchRequest(plan, [sys.executable, "-c", "import time; time.sleep(60)"], [], {}, 0, 30)
+    backend = LocalBackend(LocalSettings(tmp_path, run_as_hub_user=True))
+    started = await backend.launch(req, lambda m: None)
+    try:
+        assert started.state["port"] == started.port < ports.ephemeral_low()
+        assert backend._ports == {started.port}
+    finally:
+        await backend.stop(started.state, now=True)
+    assert backend._ports == set()

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import stat
 import sys
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from afspawner.backends.base import Backend, LaunchFailed, LaunchRequest, Progre
 from afspawner.backends.options import option, options_table, settings_from
 from afspawner.facility import Facility
 from afspawner.plan import LaunchPlan, UserIdentity
+from afspawner.ports import pick_port
 
 DEFAULT_ROOT = Path.home() / "af-servers"
 
@@ -47,12 +47,6 @@ class LocalSettings:
 def local_docs_table() -> str:
     """The options table of docs/spawner.md ("Local backend options")."""
     return options_table(LocalSettings)
-
-
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return int(s.getsockname()[1])
 
 
 def _with_port(url: str, ip: str, port: int) -> str:
@@ -142,6 +136,7 @@ class LocalBackend(Backend):
         self.settings = settings
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._by_server: dict[tuple[str, str], dict[str, Any]] = {}
+        self._ports: set[int] = set()  # of the servers this process started, until stopped
 
     def _check(self, plan: LaunchPlan) -> bool:
         """Refuse what this backend cannot do; ``True`` when it runs as root (can switch uid)."""
@@ -188,9 +183,9 @@ class LocalBackend(Backend):
         workdir.mkdir(parents=True, exist_ok=True)
         if as_root:
             os.chown(workdir, ident.uid, ident.gid)
-        port = _free_port(self.settings.ip)
+        port = pick_port(self.settings.ip, held=self._ports)
         env = self._env(req, workdir, port)
-        state: dict[str, Any] = {}
+        state: dict[str, Any] = {"port": port}
         if req.bearer_token is not None:
             token_file = workdir / ".af-bearer-token"
             _write_token(token_file, req.bearer_token, (ident.uid, ident.gid) if as_root else None)
@@ -208,6 +203,7 @@ class LocalBackend(Backend):
         progress(f"Starting {plan.flavor} as uid {ident.uid} on port {port}")
         proc = await _spawn(self._command(req, port), env, workdir, ident if switch else None)
         self._procs[proc.pid] = proc
+        self._ports.add(port)
         started = {"pid": proc.pid, **state}
         self._by_server[(plan.username, plan.server_name)] = started
         return Started(self.settings.ip, port, started)
@@ -252,6 +248,7 @@ class LocalBackend(Backend):
             return
         for key in [k for k, v in self._by_server.items() if v.get("pid") == pid]:
             del self._by_server[key]
+        self._ports.discard(int(state.get("port", 0)))
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         proc = self._procs.pop(pid, None)
