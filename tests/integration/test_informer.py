@@ -112,6 +112,7 @@ async def test_each_of_many_waiters_gets_only_its_own_pods_changes(
         field_selector="involvedObject.kind=Pod",
         index=involved_key,
         transform=slim_event,
+        keep=False,  # as the backend's: dispatched, never stored
     )
     keys = [f"{ns}/p{i}" for i in range(50)]
     heard: dict[str, list[str]] = {k: [] for k in keys}  # object keys each listener got
@@ -165,6 +166,7 @@ async def test_each_of_many_waiters_gets_only_its_own_pods_changes(
             assert len(heard[key]) == changes[key]  # all of its own changes, nobody else's
             assert set(told[key]) == {key}
             assert checks[key] <= 1 + changes[key]  # woken by its own changes only
+        assert events.store == {}  # every event was heard, none kept
         stored = pods.store[keys[0]]
         assert "managedFields" not in stored["metadata"]
         assert set(stored["spec"]) <= {"nodeName", "containers", "initContainers"}

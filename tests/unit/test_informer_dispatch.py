@@ -221,3 +221,20 @@ async def test_namespaced_informers_route_by_namespace() -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
             await group.wait_key("ns-c/x", lambda pod: pod is not None)  # never watched
+
+
+async def test_a_dispatch_only_informer_stores_nothing_and_still_delivers() -> None:
+    """Pod events: each spawn hears its pod's events as they come; nothing is kept for later."""
+    inf = _informer(index=involved_key, keep=False)
+    heard: list[tuple[str, str]] = []
+    inf.watch_key("ns/p1", lambda kind, ev: heard.append((kind, ev["metadata"]["uid"])))
+    for i in range(100):
+        inf.apply("ADDED", _event("ns", f"p{i % 10}", f"e{i}"))
+    assert inf.store == {} and inf.get("ns/p1.e1") is None
+    assert heard == [("ADDED", f"e{i}") for i in range(1, 100, 10)]
+    await inf.replace([_event("ns", "p1", "e100"), _event("ns", "p2", "e101")])  # a re-LIST
+    assert inf.store == {}
+    assert heard[-1] == ("SYNC", "e100") and len(heard) == 11
+    keeping = _informer(index=involved_key)  # the default keeps every object
+    keeping.apply("ADDED", _event("ns", "p1", "e1"))
+    assert list(keeping.store) == ["ns/p1.e1"]

@@ -101,7 +101,7 @@ class KubernetesBackend(Backend):
         self._capacity_listeners: list[CapacityListener] = []
         self._gpu = GPUCounters(facility.gpu_classes.values())  # fed by the informers
         self.pods: NamespacedInformers  # one informer per namespace of _namespaces()
-        self.events: NamespacedInformers  # keyed by the pod they are about
+        self.events: NamespacedInformers  # keyed by the pod they are about; stores nothing
         self.nodes: Informer | None = None
         self.sweep_interval = settings.sweep_interval
 
@@ -122,6 +122,7 @@ class KubernetesBackend(Backend):
                 field_selector="involvedObject.kind=Pod",
                 index=involved_key,
                 transform=slim_event,
+                keep=False,  # each spawn hears its pod's events as they come; none is read later
             )
         return NamespacedInformers(pods), NamespacedInformers(events)
 

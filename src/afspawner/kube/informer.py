@@ -81,8 +81,12 @@ class Informer:
         *,
         index: Index | None = None,
         transform: Transform | None = None,
+        keep: bool = True,
     ) -> None:
         self.api = api
+        # keep=False: dispatch only, store nothing (Pod events: read by the spawns that listen
+        # for them as they come, never looked up later; a busy namespace has thousands)
+        self.keep = keep
         self.path = path
         self.watch_seconds = watch_seconds
         self.selectors = {
@@ -175,14 +179,14 @@ class Informer:
         key = object_key(obj)
         if kind == "DELETED":
             self.store.pop(key, None)
-        else:
+        elif self.keep:
             self.store[key] = obj
         self._emit(kind, obj, key)
 
     async def replace(self, items: list[dict[str, Any]]) -> None:
         """A LIST's result (already slim): swap the store, then report DELETED and SYNC."""
         new = {object_key(obj): obj for obj in items}
-        old, self.store = self.store, new
+        old, self.store = self.store, (new if self.keep else {})
         done = 0
         for key, obj in old.items():
             if key not in new:
@@ -379,16 +383,23 @@ def shared_informer(
     *,
     index: Index | None = None,
     transform: Transform | None = None,
+    keep: bool = True,
 ) -> Informer:
     """The process-wide informer for this client, path and selectors (started on first use).
 
-    ``index`` and ``transform`` are those of the first caller (one path, one use).
+    ``index``, ``transform`` and ``keep`` are those of the first caller (one path, one use).
     """
     key = (id(api), path, f"{label_selector}|{field_selector}")
     informer = _shared.get(key)
     if informer is None:
         informer = _shared[key] = Informer(
-            api, path, label_selector, field_selector, index=index, transform=transform
+            api,
+            path,
+            label_selector,
+            field_selector,
+            index=index,
+            transform=transform,
+            keep=keep,
         )
     informer.start()
     return informer
