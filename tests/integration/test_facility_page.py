@@ -318,6 +318,9 @@ def login(browser: webdriver.Chrome, hub: str, name: str) -> None:
     browser.find_element(By.CSS_SELECTOR, f"{form} input[name=username]").send_keys(name)
     browser.find_element(By.CSS_SELECTOR, f"{form} input[name=password]").send_keys("pw")
     browser.find_element(By.CSS_SELECTOR, f"{form} [type=submit]").click()
+    # signed in once the hub's answer took the browser off the login page; a page asked for
+    # before that goes out without the cookie and lands on the login page (once in CI)
+    WebDriverWait(browser, 90).until(lambda d: "/hub/login" not in d.current_url)
 
 
 def legends(browser: webdriver.Chrome) -> list[str]:

@@ -313,11 +313,29 @@ async def prepare_cluster(k8s: KubeCluster, case: Case, hub_ns: str) -> list[str
             }
             r = await k.post(f"/api/v1/namespaces/{ns}/persistentvolumeclaims", json=pvc)
             assert r.status_code == 201, r.text
+        for claim, _ in case.claims:  # a site's own claims were bound long before anyone signs in
+            await _bound(k, ns, claim)
         if case.home is not None:
             claim = f"home-{case.user}"
             r = await k.post("/api/v1/persistentvolumes", json=volume(ns, claim, case.home[1]))
             assert r.status_code == 201, r.text
     return created
+
+
+async def _bound(k: httpx.AsyncClient, ns: str, claim: str) -> None:
+    """Wait until the controller-manager bound the claim to its volume (slow under load: the
+    pod would otherwise sit Unschedulable past the spawner's grace, as once in CI)."""
+    phase: object = None
+    try:
+        async with asyncio.timeout(120):
+            while phase != "Bound":
+                r = await k.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")
+                ok = r.status_code == 200
+                phase = r.json().get("status", {}).get("phase") if ok else r.status_code
+                if phase != "Bound":
+                    await asyncio.sleep(0.5)
+    except TimeoutError:
+        raise AssertionError(f"claim {ns}/{claim} not bound within 120 s (last: {phase})") from None
 
 
 async def cleanup_cluster(k8s: KubeCluster, namespaces: list[str]) -> None:
